@@ -1,0 +1,44 @@
+"""fedpa: Federated Learning via Posterior Averaging (Al-Shedivat et al., ICLR 2021) in JAX.
+
+Public names::
+
+    fedpa.problems      federated problems (least squares, quadratics)
+    fedpa.posterior     shrinkage covariance and the FedPA delta (dynamic program)
+    fedpa.samplers      local posterior samplers (exact Gaussian, IASG)
+    fedpa.minibatch_sgd, fedpa.fedavg, fedpa.fedpa, fedpa.fedpa_exact, fedpa.fedpa_iasg,
+    fedpa.with_burnin   algorithms (client updates)
+    fedpa.run           the compiled round loop -> Result(params, history, state)
+"""
+
+from . import algorithms, posterior, problems, samplers
+from .algorithms import (
+    Algorithm,
+    fedavg,
+    fedpa,
+    fedpa_exact,
+    fedpa_iasg,
+    minibatch_sgd,
+    with_burnin,
+)
+from .run import DivergenceError, Result, ServerState, run, server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm",
+    "DivergenceError",
+    "Result",
+    "ServerState",
+    "algorithms",
+    "fedavg",
+    "fedpa",
+    "fedpa_exact",
+    "fedpa_iasg",
+    "minibatch_sgd",
+    "posterior",
+    "problems",
+    "run",
+    "samplers",
+    "server",
+    "with_burnin",
+]

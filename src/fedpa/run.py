@@ -1,0 +1,246 @@
+"""The compiled federated round loop.
+
+:func:`server` returns a blackjax-style kernel pair ``init(params) -> ServerState`` and
+``step(state, key, problem) -> (state, metrics)`` for one round; :func:`run` scans ``step`` over
+rounds inside one ``jit``. Inside a round: sample ``clients_per_round`` clients uniformly without
+replacement, ``vmap`` the client update over them, average the deltas weighted by example counts,
+and let an optax optimizer apply the average as a pseudo-gradient. No Python loop over clients or
+rounds; no host round-trip inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _validate
+from .algorithms import Algorithm
+from .problems import FederatedProblem
+
+__all__ = ["ServerState", "Server", "Result", "DivergenceError", "server", "run"]
+
+
+class ServerState(NamedTuple):
+    params: Any
+    opt_state: Any
+    round: jax.Array
+
+
+class Server(NamedTuple):
+    init: Callable[[Any], ServerState]
+    step: Callable[..., tuple[ServerState, dict]]
+
+
+class Result(NamedTuple):
+    """What :func:`run` returns.
+
+    Attributes:
+      params: the final server model.
+      history: per-round NumPy arrays, each ``(rounds,)``, measured *after* the round's update:
+        ``objective`` (global objective), ``dist_to_optimum`` (``‖x - x*‖``, when the optimum is
+        known) and ``finite`` (all params finite).
+      state: the final :class:`ServerState` (to continue a run).
+    """
+
+    params: Any
+    history: dict[str, np.ndarray]
+    state: ServerState
+
+
+class DivergenceError(FloatingPointError):
+    """A run produced NaN or inf parameters; ``round`` is the first bad round (0-based)."""
+
+    def __init__(self, round_index: int, name: str):
+        self.round = round_index
+        super().__init__(
+            f"{name} diverged: the server parameters became NaN/inf at round {round_index} "
+            "(0-based); try a smaller server or local learning rate"
+        )
+
+
+def _tree_dist(a, b):
+    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum((x - y) ** 2), a, b))
+    return jnp.sqrt(sum(leaves))
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def metrics(problem: FederatedProblem, params) -> dict:
+    """The per-round metrics of :class:`Result.history` for ``params``."""
+    out = {"objective": problem.objective(params), "finite": _all_finite(params)}
+    if problem.optimum is not None:
+        out["dist_to_optimum"] = _tree_dist(params, problem.optimum)
+    return out
+
+
+def server(
+    client_update: Callable,
+    clients_per_round: int,
+    server_optimizer: optax.GradientTransformation,
+    *,
+    client_chunk_size: int | None = None,
+) -> Server:
+    """One federated round as a pure kernel.
+
+    Args:
+      client_update: ``(loss_fn, params, client, key) -> delta``.
+      clients_per_round: ``m``, clients sampled without replacement each round.
+      server_optimizer: an optax transformation; the averaged delta is its gradient.
+      client_chunk_size: evaluate the ``m`` client updates ``client_chunk_size`` at a time
+        (``lax.map`` over chunks of a ``vmap``) to bound memory; ``None`` vmaps all at once.
+    """
+
+    def init(params) -> ServerState:
+        return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    def step(state: ServerState, key, problem: FederatedProblem):
+        k_select, k_clients = jax.random.split(key)
+        selected = jax.random.choice(
+            k_select, problem.num_clients, (clients_per_round,), replace=False
+        )
+        clients = jax.tree.map(lambda a: a[selected], problem.clients)
+        keys = jax.random.split(k_clients, clients_per_round)
+
+        def one(client, k):
+            return client_update(problem.loss_fn, state.params, client, k)
+
+        if client_chunk_size is None or client_chunk_size >= clients_per_round:
+            deltas = jax.vmap(one)(clients, keys)
+        else:
+            deltas = jax.lax.map(lambda ck: one(*ck), (clients, keys), batch_size=client_chunk_size)
+        counts = clients.num_examples.astype(jnp.result_type(float))
+        weights = counts / jnp.sum(counts)
+        mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights.astype(d.dtype), d, 1), deltas)
+        updates, opt_state = server_optimizer.update(mean_delta, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = ServerState(params, opt_state, state.round + 1)
+        return new_state, metrics(problem, params)
+
+    return Server(init, step)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "chunk"),
+)
+def _run_compiled(key, state, problem, *, algorithm, rounds, clients_per_round, optimizer, chunk):
+    phases = []
+    burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
+    if burnin:
+        phases.append((algorithm.burnin_update, burnin))
+    if rounds - burnin:
+        phases.append((algorithm.client_update, rounds - burnin))
+    keys = jax.random.split(key, rounds)
+    histories, start = [], 0
+    for update, length in phases:
+        srv = server(update, clients_per_round, optimizer, client_chunk_size=chunk)
+        state, hist = jax.lax.scan(
+            lambda s, k, srv=srv: srv.step(s, k, problem), state, keys[start : start + length]
+        )
+        histories.append(hist)
+        start += length
+    history = jax.tree.map(lambda *h: jnp.concatenate(h), *histories)
+    return state, history
+
+
+def run(
+    algorithm: Algorithm,
+    problem: FederatedProblem,
+    rounds: int,
+    clients_per_round: int,
+    server_optimizer: optax.GradientTransformation | None = None,
+    key=None,
+    *,
+    init_params=None,
+    state: ServerState | None = None,
+    client_chunk_size: int | None = None,
+    check_divergence: bool = True,
+) -> Result:
+    """Runs ``rounds`` federated rounds in one compiled call.
+
+    Args:
+      algorithm: an :class:`~fedpa.algorithms.Algorithm` (``fedpa.fedavg(...)``, ...).
+      problem: a :class:`~fedpa.problems.FederatedProblem`.
+      rounds: number of rounds, ``>= 1``.
+      clients_per_round: clients sampled uniformly without replacement each round,
+        ``1 <= clients_per_round <= problem.num_clients``.
+      server_optimizer: optax transformation applied to the averaged delta
+        (default ``optax.sgd(1.0)``).
+      key: PRNG key (required). The same key gives bit-identical results.
+      init_params: starting model (default ``problem.init_params``).
+      state: a :class:`ServerState` to continue from (overrides ``init_params``).
+      client_chunk_size: bound memory by evaluating clients in chunks of this size.
+      check_divergence: raise :class:`DivergenceError` naming the first round with NaN/inf.
+
+    Returns:
+      A :class:`Result`.
+    """
+    if not isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(problem, FederatedProblem):
+        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
+    rounds = _validate.integer("rounds", rounds, minimum=1)
+    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
+    if clients_per_round > problem.num_clients:
+        raise ValueError(
+            f"clients_per_round={clients_per_round} exceeds num_clients={problem.num_clients}"
+        )
+    if client_chunk_size is not None:
+        client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
+    if key is None:
+        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
+    if server_optimizer is None:
+        server_optimizer = _default_optimizer()
+    if not isinstance(server_optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "server_optimizer must be an optax.GradientTransformation, "
+            f"got {type(server_optimizer).__name__}"
+        )
+    if state is None:
+        params = problem.init_params if init_params is None else init_params
+        _check_params_like(params, problem.init_params)
+        state = server(algorithm.client_update, clients_per_round, server_optimizer).init(params)
+    state, history = _run_compiled(
+        key,
+        state,
+        problem,
+        algorithm=algorithm,
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        optimizer=server_optimizer,
+        chunk=client_chunk_size,
+    )
+    history = {k: np.asarray(v) for k, v in history.items()}
+    if check_divergence and not history["finite"].all():
+        raise DivergenceError(int(np.argmin(history["finite"])), algorithm.name)
+    return Result(state.params, history, state)
+
+
+_DEFAULT_OPTIMIZER: list = []
+
+
+def _default_optimizer() -> optax.GradientTransformation:
+    # One object, so jit caches compiled runs that use the default.
+    if not _DEFAULT_OPTIMIZER:
+        _DEFAULT_OPTIMIZER.append(optax.sgd(1.0))
+    return _DEFAULT_OPTIMIZER[0]
+
+
+def _check_params_like(params, reference) -> None:
+    got = jax.tree.structure(params)
+    want = jax.tree.structure(reference)
+    if got != want:
+        raise ValueError(f"init_params must have the structure {want}, got {got}")
+    for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
+        if np.shape(p) != np.shape(r):
+            raise ValueError(
+                f"init_params must have leaf shapes like {np.shape(r)}, got {np.shape(p)}"
+            )
