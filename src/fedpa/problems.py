@@ -100,6 +100,8 @@ class FederatedProblem:
         batch is the client data pytree with a leading batch axis.
       objective_fn: ``objective_fn(objective_data, params) -> scalar``, the global objective.
       name: a short label.
+      metrics_fn: optional ``metrics_fn(objective_data, params) -> dict`` of extra scalar
+        metrics (e.g. test accuracy), merged into :attr:`fedpa.Result.history` every round.
     """
 
     clients: Clients
@@ -109,6 +111,7 @@ class FederatedProblem:
     loss_fn: Callable = _field(static=True)
     objective_fn: Callable = _field(static=True)
     name: str = _field(static=True, default="problem")
+    metrics_fn: Callable | None = _field(static=True, default=None)
 
     @property
     def num_clients(self) -> int:
@@ -144,7 +147,7 @@ class FederatedProblem:
 jax.tree_util.register_dataclass(
     FederatedProblem,
     data_fields=["clients", "init_params", "optimum", "objective_data"],
-    meta_fields=["loss_fn", "objective_fn", "name"],
+    meta_fields=["loss_fn", "objective_fn", "name", "metrics_fn"],
 )
 
 

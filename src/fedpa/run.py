@@ -78,6 +78,8 @@ def metrics(problem: FederatedProblem, params) -> dict:
     out = {"objective": problem.objective(params), "finite": _all_finite(params)}
     if problem.optimum is not None:
         out["dist_to_optimum"] = _tree_dist(params, problem.optimum)
+    if problem.metrics_fn is not None:
+        out.update(problem.metrics_fn(problem.objective_data, params))
     return out
 
 
