@@ -25,5 +25,20 @@ format: $(BIN)/.fedpa-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The book: `make book` runs every chapter notebook (papermill, profile $(PROFILE)), then builds
+# the HTML from the executed notebooks. `PROFILE=smoke make book` takes seconds per chapter and
+# writes its figures under _build/ so the committed paper figures in figures/ stay untouched.
+FIGURES ?= $(if $(filter paper,$(PROFILE)),figures,_build/figures/$(PROFILE))
+
+figures: $(BIN)/.fedpa-installed
+	$(BIN)/fedpa reproduce --profile $(PROFILE) --output-dir $(FIGURES)
+
+html: $(BIN)/.fedpa-installed
+	$(BIN)/fedpa book
+
+book: $(BIN)/.fedpa-installed
+	$(BIN)/fedpa reproduce --profile $(PROFILE) --output-dir $(FIGURES)
+	$(BIN)/fedpa book
+
 clean:
 	rm -rf _build

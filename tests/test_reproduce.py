@@ -1,0 +1,408 @@
+"""`fedpa reproduce`: specs, parameter validation, literal parsing, atomic execution, the book.
+
+Real chapters are never executed here: one tiny synthetic notebook (no imports) runs through
+papermill end to end, everything else is checked without a kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedpa import reproduce as rp
+from fedpa.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_ORDER = [
+    "intro",
+    "posterior_inference_2d",
+    "fedavg_bias",
+    "local_inference",
+    "least_squares",
+    "beyond_quadratics",
+    "performance",
+    "api",
+]
+
+HEADER = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+TINY = (
+    HEADER
+    + """
+# Tiny
+
+A synthetic chapter.
+
+```{{code-cell}} ipython3
+:tags: [parameters]
+
+output_dir = "figures"
+seed = 0
+rounds = 100
+lr = 0.5
+method = "fedpa"
+sizes = [1, 2]
+verbose = False
+```
+
+```{{code-cell}} ipython3
+import os
+
+folder = os.path.join(output_dir, "tiny")
+os.makedirs(folder, exist_ok=True)
+{body}
+```
+"""
+)
+
+WRITE_FIGURE = """\
+with open(os.path.join(folder, "fig_a.png"), "wb") as f:
+    f.write(b"png")
+with open(os.path.join(folder, "fig_a.json"), "w") as f:
+    f.write('{"rounds": %d}' % rounds)
+print("rounds", rounds, "lr", lr, "method", method, "sizes", sizes)
+"""
+
+SPEC = {
+    "parameters": {
+        "rounds": {"type": "int", "min": 1, "max": 1000, "help": "server rounds"},
+        "lr": {"type": "float", "min": 0.0, "max": 1.0},
+        "method": {"type": "str", "choices": ["fedavg", "fedpa"]},
+        "sizes": {"type": "list[int]", "min": 1},
+        "verbose": {"type": "bool"},
+        "seed": {"type": "int", "min": 0},
+    },
+    "profiles": {"smoke": {"rounds": 3}, "paper": {}},
+    "figures": ["fig_a"],
+}
+
+
+def make_root(tmp_path: Path, body: str = WRITE_FIGURE, spec: dict | None = None) -> Path:
+    """A minimal book: _toc.yml, book/tiny.md + book/tiny.yml."""
+    root = tmp_path / "repo"
+    (root / "book").mkdir(parents=True)
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/tiny\nchapters:\n  - file: book/missing\n"
+    )
+    (root / "book" / "tiny.md").write_text(TINY.format(body=body))
+    (root / "book" / "tiny.yml").write_text(yaml.safe_dump(spec or SPEC))
+    return root
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_root(tmp_path)
+
+
+@pytest.fixture
+def no_execution(monkeypatch):
+    """Fails the test if anything tries to execute a notebook."""
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a notebook was executed before validation finished")
+
+    monkeypatch.setattr(rp, "execute_chapter", forbidden)
+    return calls
+
+
+# --------------------------------------------------------------------------------------------
+# Validation happens before execution and names the notebook and the parameter
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (("nonexistent", "3"), "unknown parameter 'nonexistent'"),
+        (("rounds", "1.5"), "parameter 'rounds' must be an int"),
+        (("rounds", "abc"), "parameter 'rounds' must be an int"),
+        (("rounds", "true"), "parameter 'rounds' must be an int"),
+        (("rounds", "0"), "parameter 'rounds' must be int in [1, 1000]"),
+        (("rounds", "1001"), "parameter 'rounds' must be int in [1, 1000]"),
+        (("lr", "1.5"), "parameter 'lr' must be float in [0, 1]"),
+        (("lr", "nan"), "parameter 'lr' must be a float"),
+        (("method", "sgd"), "parameter 'method' must be str one of"),
+        (("sizes", "[1, 0]"), "parameter 'sizes' must be list[int] in [1, inf]"),
+        (("sizes", "[1, 2.5]"), "parameter 'sizes' must be a list[int]"),
+        (("verbose", "maybe"), "parameter 'verbose' must be a bool"),
+        (("tiny.nonexistent", "1"), "unknown parameter 'nonexistent'"),
+    ],
+)
+def test_bad_overrides_are_rejected_before_execution(root, no_execution, override, fragment):
+    with pytest.raises(rp.SpecError) as err:
+        rp.reproduce(profile="smoke", overrides=[override], root=root, output_dir=root / "f")
+    message = str(err.value)
+    assert "notebook 'tiny'" in message
+    assert fragment in message
+    assert not no_execution
+    assert not (root / "_build" / "executed").exists()
+
+
+def test_cli_reports_validation_errors_with_exit_2(root, no_execution, monkeypatch, capsys):
+    monkeypatch.chdir(root)
+    assert main(["reproduce", "--profile", "smoke", "-p", "rounds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "notebook 'tiny'" in err and "parameter 'rounds'" in err
+    assert main(["reproduce", "--profile", "nightly"]) == 2
+    assert "unknown profile 'nightly'" in capsys.readouterr().err
+    assert main(["reproduce", "--only", "nope"]) == 2
+    assert "unknown notebook 'nope'" in capsys.readouterr().err
+    assert main(["reproduce", "-p", "output_dir", "x"]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    assert not no_execution
+
+
+def test_resolution_order_defaults_profile_overrides(root):
+    chapters = rp.discover(root)
+    paper = rp.resolve(chapters, "paper")["tiny"]
+    assert paper == {
+        "seed": 0,
+        "rounds": 100,
+        "lr": 0.5,
+        "method": "fedpa",
+        "sizes": [1, 2],
+        "verbose": False,
+    }
+    smoke = rp.resolve(chapters, "smoke", [("lr", "1"), ("tiny.sizes", "3,4"), ("verbose", "true")])
+    assert smoke["tiny"]["rounds"] == 3  # from the profile
+    assert smoke["tiny"]["lr"] == 1.0 and isinstance(smoke["tiny"]["lr"], float)
+    assert smoke["tiny"]["sizes"] == [3, 4]
+    assert smoke["tiny"]["verbose"] is True
+    # later overrides win; str parameters keep the raw text
+    again = rp.resolve(chapters, "smoke", [("rounds", "7"), ("rounds", "9"), ("method", "fedavg")])
+    assert again["tiny"]["rounds"] == 9 and again["tiny"]["method"] == "fedavg"
+
+
+def test_spec_errors_name_notebook_and_parameter(tmp_path):
+    bad_profile = dict(SPEC, profiles={"smoke": {"rounds": 0}, "paper": {}})
+    root = make_root(tmp_path / "a", spec=bad_profile)
+    with pytest.raises(
+        rp.SpecError, match=r"notebook 'tiny': parameter 'rounds' .*profile 'smoke'"
+    ):
+        rp.discover(root)
+    bad_type = dict(SPEC, parameters=dict(SPEC["parameters"], lr={"type": "double"}))
+    root = make_root(tmp_path / "b", spec=bad_type)
+    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'lr' has type 'double'"):
+        rp.discover(root)
+    unknown_key = dict(SPEC, parameters=dict(SPEC["parameters"], lr={"type": "float", "mn": 0}))
+    root = make_root(tmp_path / "c", spec=unknown_key)
+    with pytest.raises(rp.SpecError, match=r"parameter 'lr' has unknown keys \['mn'\]"):
+        rp.discover(root)
+
+
+def test_spec_and_parameters_cell_must_agree(tmp_path):
+    # declared in the spec but not in the cell
+    extra = dict(SPEC, parameters=dict(SPEC["parameters"], clients={"type": "int"}))
+    root = make_root(tmp_path / "a", spec=extra)
+    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'clients' is declared"):
+        rp.check_chapter(rp.discover(root)[0])
+    # in the cell but not declared
+    params = {k: v for k, v in SPEC["parameters"].items() if k != "lr"}
+    root = make_root(tmp_path / "b", spec=dict(SPEC, parameters=params))
+    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'lr' is in the parameters"):
+        rp.check_chapter(rp.discover(root)[0])
+    # a default that violates the spec
+    narrow = dict(SPEC, parameters=dict(SPEC["parameters"], rounds={"type": "int", "max": 10}))
+    root = make_root(tmp_path / "c", spec=narrow)
+    with pytest.raises(rp.SpecError, match=r"parameter 'rounds' .*the parameters cell"):
+        rp.check_chapter(rp.discover(root)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters are data, never code
+
+
+def test_parse_literal_never_evaluates(tmp_path):
+    marker = tmp_path / "pwned"
+    attacks = [
+        f"__import__('pathlib').Path({str(marker)!r}).touch()",
+        f"!!python/object/apply:os.system ['touch {marker}']",
+        "!!python/object/apply:pathlib.Path.touch "
+        f"[!!python/object/apply:pathlib.Path ['{marker}']]",
+    ]
+    for text in attacks:
+        assert rp.parse_literal(text) == text  # comes back as plain text
+    assert not marker.exists()
+    assert rp.parse_literal("1e-3") == pytest.approx(1e-3)  # JSON handles what YAML 1.1 misses
+    assert rp.parse_literal("[1, 2]") == [1, 2]
+    assert rp.parse_literal("true") is True
+    assert rp.parse_literal("fedpa") == "fedpa"
+    assert rp.parse_literal("2021-01-01") == "2021-01-01"  # a YAML date stays text
+
+
+def test_parameters_cell_is_read_with_literal_eval(tmp_path):
+    marker = tmp_path / "pwned"
+    body = f"import pathlib\nrounds = pathlib.Path({str(marker)!r}).touch()"
+    nb = tmp_path / "evil.md"
+    nb.write_text(
+        HEADER + f"\n# Evil\n\n```{{code-cell}} ipython3\n:tags: [parameters]\n\n{body}\n```\n"
+    )
+    with pytest.raises(rp.SpecError, match="notebook 'evil': the parameters cell may only assign"):
+        rp.parameters_cell(nb)
+    nb.write_text(
+        HEADER
+        + "\n# Evil\n\n```{code-cell} ipython3\n:tags: [parameters]\n\n"
+        + f"rounds = __import__('pathlib').Path({str(marker)!r}).touch()\n```\n"
+    )
+    with pytest.raises(rp.SpecError, match="parameter 'rounds' = .* is not a plain literal"):
+        rp.parameters_cell(nb)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Execution: atomic executed notebooks, figure checks, failures shown and non-zero
+
+
+def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys):
+    root = make_root(tmp_path)
+    figures = tmp_path / "figs"
+    monkeypatch.chdir(root)
+    rc = main(["reproduce", "--profile", "smoke", "--output-dir", str(figures), "-p", "lr", "0.25"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    executed = root / "_build" / "executed" / "tiny.ipynb"
+    nb = json.loads(executed.read_text())
+    text = json.dumps(nb)
+    assert "rounds 3 lr 0.25 method fedpa sizes [1, 2]" in text  # profile + override injected
+    assert "Rerun this page" in text and "fedpa reproduce --only tiny --profile smoke" in text
+    assert (figures / "tiny" / "fig_a.png").is_file()
+    assert re.search(r"tiny\s+ok\s+[\d.]+\s+1: fig_a", out.out)  # the summary table
+    manifest = json.loads((root / "_build" / "executed" / "manifest.json").read_text())
+    assert manifest["notebooks"]["tiny"]["parameters"]["lr"] == 0.25
+    before = executed.read_bytes()
+
+    # Now the notebook raises: non-zero exit, the error cell shown, the old output untouched,
+    # no temporary or half-written notebook left in the executed folder.
+    (root / "book" / "tiny.md").write_text(TINY.format(body='raise RuntimeError("boom in cell")'))
+    rc = main(["reproduce", "--profile", "smoke", "--output-dir", str(figures), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "notebook 'tiny' failed: RuntimeError: boom in cell" in out.err
+    assert 'raise RuntimeError("boom in cell")' in out.err  # the failing cell's source
+    assert re.search(r"tiny\s+FAILED", out.out)
+    assert executed.read_bytes() == before
+    assert sorted(p.name for p in executed.parent.iterdir()) == ["manifest.json", "tiny.ipynb"]
+    assert (root / "_build" / "failed" / "tiny.ipynb").is_file()
+
+
+def test_missing_or_stale_figures_fail_naming_them(root, tmp_path):
+    chapter = rp.discover(root)[0]
+    out = tmp_path / "figs"
+    with pytest.raises(
+        rp.MissingFigureError, match=r"notebook 'tiny' did not write figure 'fig_a'"
+    ):
+        rp.check_figures(chapter, out)
+    (out / "tiny").mkdir(parents=True)
+    (out / "tiny" / "fig_a.png").write_bytes(b"png")
+    with pytest.raises(rp.MissingFigureError, match="figure 'fig_a' without its data"):
+        rp.check_figures(chapter, out)
+    (out / "tiny" / "fig_a.csv").write_text("a\n1\n")
+    assert rp.check_figures(chapter, out) == ["fig_a.png"]
+    old = 1_000_000.0
+    os.utime(out / "tiny" / "fig_a.png", (old, old))
+    with pytest.raises(rp.MissingFigureError, match="in this run"):
+        rp.check_figures(chapter, out, since=old + 10)
+
+
+# --------------------------------------------------------------------------------------------
+# The real book: specs match notebooks, the toc follows the paper, the intro's figure table
+
+
+REAL_SPECS = sorted((REPO / "book").glob("*.yml"))
+
+
+@pytest.mark.parametrize("spec", REAL_SPECS, ids=[p.stem for p in REAL_SPECS])
+def test_every_book_spec_matches_its_notebook(spec):
+    assert spec.with_suffix(".md").is_file(), f"{spec.name} has no notebook beside it"
+    chapter = rp.load_spec(spec)
+    defaults = rp.check_chapter(chapter)
+    assert defaults["output_dir"] == "figures"
+    assert "seed" in chapter.parameters
+    for profile in rp.PROFILES:
+        assert profile in chapter.profiles, f"{spec.name} lacks the {profile!r} profile"
+        params = rp.resolve([chapter], profile)[chapter.stem]
+        assert set(params) == set(chapter.parameters)
+
+
+def test_toc_lists_the_chapters_in_the_papers_order():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    stems = [Path(e).name for e in rp._toc_files(toc)]
+    assert stems == PAPER_ORDER
+    for spec in REAL_SPECS:
+        assert spec.stem in stems, f"chapter {spec.stem} is missing from _toc.yml"
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+
+
+def test_intro_figure_table_lists_only_declared_figures():
+    intro = (REPO / "book" / "intro.md").read_text()
+    assert "reproduce.figure_table(" in intro  # generated from the specs at execution time
+    declared = {}
+    for spec in REAL_SPECS:
+        for fig in rp.load_spec(spec).figures:
+            declared[fig] = spec.stem
+    table = rp.figure_table(REPO / "book")
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    listed = {re.match(r"\| `([^`]+)`", row).group(1): row for row in rows}
+    assert set(listed) == set(declared)
+    for fig, row in listed.items():
+        assert f"fedpa reproduce --only {declared[fig]}" in row
+        assert f"figures/{declared[fig]}/{fig}.png" in row
+    # figure names written by hand in the intro must be declared too
+    for name in re.findall(r"`(fig_\w+)`", intro):
+        assert name in declared, f"the intro mentions {name}, which no spec declares"
+
+
+# --------------------------------------------------------------------------------------------
+# Book staging and the offline check
+
+
+def test_stage_book_requires_executed_chapters_and_drops_missing_files(root, tmp_path):
+    (root / "_config.yml").write_text("title: t\n")
+    with pytest.raises(rp.SpecError, match="not executed yet.*tiny"):
+        rp.stage_book(root, root / "_build", log=lambda *a, **k: None)
+    executed = root / "_build" / "executed"
+    executed.mkdir(parents=True)
+    (executed / "tiny.ipynb").write_text("{}")
+    notes = []
+    site = rp.stage_book(root, root / "_build", log=notes.append)
+    staged = yaml.safe_load((site / "_toc.yml").read_text())
+    assert staged == {"format": "jb-book", "root": "book/tiny", "chapters": []}
+    assert (site / "book" / "tiny.ipynb").read_text() == "{}"
+    assert (site / "_config.yml").is_file()
+    assert any("book/missing" in n for n in notes)
+
+
+def test_offline_check_flags_cdn_assets(tmp_path):
+    html = tmp_path / "html"
+    (html / "_static" / "mathjax").mkdir(parents=True)
+    (html / "_static" / "mathjax" / "tex-chtml.js").write_text("")
+    page = html / "index.html"
+    page.write_text(
+        '<script defer src="_static/mathjax/tex-chtml.js"></script><a href="https://x">'
+    )
+    assert rp.check_offline_html(html) == []
+    page.write_text(
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+    )
+    problems = rp.check_offline_html(html)
+    assert any("cdn.jsdelivr.net" in p for p in problems)
+    assert any("local MathJax" in p for p in problems)
