@@ -53,7 +53,12 @@ def shrinkage_covariance(samples, rho):
     """
     num, dim = _validate.samples_matrix(samples)
     _validate.rho(rho)
-    samples = jnp.asarray(samples)
+    return _shrinkage_covariance(jnp.asarray(samples), rho)
+
+
+@jax.jit
+def _shrinkage_covariance(samples, rho):
+    num, dim = samples.shape
     _, centered = _moments(samples)
     sample_cov = centered.T @ centered / (num - 1)
     weight = shrinkage_weight(num, rho)
@@ -83,6 +88,7 @@ def delta(samples, x, rho):
     return _delta_dp(jnp.asarray(samples), jnp.asarray(x), rho)
 
 
+@jax.jit
 def _delta_dp(samples, x, rho):
     """Unchecked dynamic program; see :func:`delta`."""
     num, dim = samples.shape
@@ -111,7 +117,10 @@ def delta_direct(samples, x, rho):
     num, dim = _validate.samples_matrix(samples)
     _validate.vector("x", x, dim)
     _validate.rho(rho)
-    samples = jnp.asarray(samples)
-    cov = shrinkage_covariance(samples, rho)
-    mean = jnp.mean(samples, axis=0)
-    return jax.scipy.linalg.solve(cov, jnp.asarray(x) - mean, assume_a="pos")
+    return _delta_direct(jnp.asarray(samples), jnp.asarray(x), rho)
+
+
+@jax.jit
+def _delta_direct(samples, x, rho):
+    cov = _shrinkage_covariance(samples, rho)
+    return jax.scipy.linalg.solve(cov, x - jnp.mean(samples, axis=0), assume_a="pos")
