@@ -10,7 +10,7 @@ Public names::
     fedpa.run           the compiled round loop -> Result(params, history, state)
 """
 
-from . import algorithms, posterior, problems, samplers
+from . import algorithms, figures, posterior, problems, samplers, studies
 from .algorithms import (
     Algorithm,
     fedavg,
@@ -34,11 +34,13 @@ __all__ = [
     "fedpa",
     "fedpa_exact",
     "fedpa_iasg",
+    "figures",
     "minibatch_sgd",
     "posterior",
     "problems",
     "run",
     "samplers",
     "server",
+    "studies",
     "with_burnin",
 ]
