@@ -1,0 +1,300 @@
+r"""Analysis helpers for the book: server trajectories and FedAvg's exact fixed point.
+
+:func:`trajectory` runs the same compiled rounds as :func:`fedpa.run` (same kernel, same per-round
+keys, so the last row equals ``fedpa.run(...).params`` bit for bit) but returns the server model
+after *every* round, for pictures of algorithms moving.
+
+:func:`fedavg_fixed_point` is exact for quadratic problems. Client ``i`` minimizes
+``f_i(x) = ½ (x - μ_i)ᵀ A_i (x - μ_i)``; ``K`` steps of full-batch gradient descent with step
+``η`` from the server model ``x`` end at ``μ_i + (I - ηA_i)^K (x - μ_i)``, so FedAvg's delta is
+
+.. math::
+
+    \Delta_i(x) = B_i (x - \mu_i), \qquad B_i = I - (I - \eta A_i)^K .
+
+The server's averaged delta vanishes at
+
+.. math::
+
+    \bar x_K = \Big(\sum_i w_i B_i\Big)^{-1} \sum_i w_i B_i \mu_i ,
+
+FedAvg's fixed point (for any server SGD learning rate). With ``K = 1``, ``B_i = ηA_i`` and
+``\bar x_1`` is the global optimum ``x^\star = (\sum_i w_i A_i)^{-1}\sum_i w_i A_i\mu_i``; as
+``K → ∞``, ``B_i → I`` and ``\bar x_K`` tends to the plain average of the client optima. Local
+*stochastic* gradient steps on independent mini-batches have the same expected delta (the
+mini-batch Hessians are independent of the iterate they multiply), so the stationary mean of
+stochastic FedAvg with all clients is the same point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from . import _validate
+from .algorithms import Algorithm
+from .problems import FederatedProblem
+from .run import _check_params_like, _default_optimizer, server
+
+__all__ = ["trajectory", "trajectories", "fedavg_fixed_point", "relative_distance"]
+
+
+@partial(
+    jax.jit,
+    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"),
+)
+def _trajectory_compiled(key, params, problem, *, algorithm, rounds, clients_per_round, optimizer):
+    phases = []
+    burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
+    if burnin:
+        phases.append((algorithm.burnin_update, burnin))
+    if rounds - burnin:
+        phases.append((algorithm.client_update, rounds - burnin))
+    keys = jax.random.split(key, rounds)
+    state = server(algorithm.client_update, clients_per_round, optimizer).init(params)
+    path, start = [ravel_pytree(params)[0][None]], 0
+    for update, length in phases:
+        srv = server(update, clients_per_round, optimizer)
+
+        def body(s, k, srv=srv):
+            s, _ = srv.step(s, k, problem)
+            return s, ravel_pytree(s.params)[0]
+
+        state, flat = jax.lax.scan(body, state, keys[start : start + length])
+        path.append(flat)
+        start += length
+    return jnp.concatenate(path)
+
+
+def trajectory(
+    algorithm: Algorithm,
+    problem: FederatedProblem,
+    rounds: int,
+    clients_per_round: int,
+    server_optimizer: optax.GradientTransformation | None = None,
+    key=None,
+    *,
+    init_params=None,
+) -> np.ndarray:
+    """The server model after every round of :func:`fedpa.run`, flattened.
+
+    Args:
+      algorithm, problem, rounds, clients_per_round, server_optimizer, key, init_params: as in
+        :func:`fedpa.run` (same defaults; ``key`` is required).
+
+    Returns:
+      ``(rounds + 1, d)`` NumPy array: row 0 is the initial model, row ``r`` the model after
+      round ``r`` (flattened with ``ravel_pytree``). Row ``rounds`` equals ``fedpa.run(...)``'s
+      final params for the same arguments.
+    """
+    if not isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(problem, FederatedProblem):
+        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
+    rounds = _validate.integer("rounds", rounds, minimum=1)
+    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
+    if clients_per_round > problem.num_clients:
+        raise ValueError(
+            f"clients_per_round={clients_per_round} exceeds num_clients={problem.num_clients}"
+        )
+    if key is None:
+        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
+    if server_optimizer is None:
+        server_optimizer = _default_optimizer()
+    if not isinstance(server_optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "server_optimizer must be an optax.GradientTransformation, "
+            f"got {type(server_optimizer).__name__}"
+        )
+    params = problem.init_params if init_params is None else init_params
+    _check_params_like(params, problem.init_params)
+    params = jax.tree.map(
+        lambda p, r: jnp.asarray(p, jnp.result_type(r)), params, problem.init_params
+    )
+    path = _trajectory_compiled(
+        key,
+        params,
+        problem,
+        algorithm=algorithm,
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        optimizer=server_optimizer,
+    )
+    return np.asarray(path)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"),
+)
+def _trajectories_compiled(keys, problems, *, algorithm, rounds, clients_per_round, optimizer):
+    def one(key, problem):
+        return _trajectory_compiled(
+            key,
+            problem.init_params,
+            problem,
+            algorithm=algorithm,
+            rounds=rounds,
+            clients_per_round=clients_per_round,
+            optimizer=optimizer,
+        )
+
+    return jax.vmap(one)(keys, problems)
+
+
+def trajectories(
+    algorithm: Algorithm,
+    problems,
+    rounds: int,
+    clients_per_round: int,
+    server_optimizer: optax.GradientTransformation | None = None,
+    key=None,
+) -> np.ndarray:
+    """:func:`trajectory` for several same-shaped problems at once (one compile, ``vmap``).
+
+    Args:
+      problems: a sequence of problems whose arrays have the same shapes (e.g.
+        :func:`fedpa.problems.least_squares` with different ``heterogeneity``); each starts from
+        its own ``init_params``.
+      key: one PRNG key; problem ``j`` runs with ``jax.random.split(key, len(problems))[j]``.
+
+    Returns:
+      ``(len(problems), rounds + 1, d)``; entry ``j`` equals
+      ``trajectory(algorithm, problems[j], ..., key=split(key)[j])`` up to float rounding.
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("problems must hold at least one problem, got none")
+    for j, p in enumerate(problems):
+        if not isinstance(p, FederatedProblem):
+            raise ValueError(f"problems[{j}] must be a FederatedProblem, got {type(p).__name__}")
+    shapes = {
+        tuple(np.shape(x) for x in jax.tree.leaves(dataclasses.replace(p, name="")))
+        for p in problems
+    }
+    if len(shapes) != 1:
+        raise ValueError("problems must all have arrays of the same shapes to be run together")
+    rounds = _validate.integer("rounds", rounds, minimum=1)
+    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
+    if clients_per_round > problems[0].num_clients:
+        raise ValueError(
+            f"clients_per_round={clients_per_round} exceeds num_clients={problems[0].num_clients}"
+        )
+    if key is None:
+        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
+    if server_optimizer is None:
+        server_optimizer = _default_optimizer()
+    if not isinstance(server_optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "server_optimizer must be an optax.GradientTransformation, "
+            f"got {type(server_optimizer).__name__}"
+        )
+    if not isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
+    same = [dataclasses.replace(p, name="batch") for p in problems]
+    try:
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *same)
+    except ValueError as err:
+        raise ValueError(f"problems must share their loss and objective functions: {err}") from None
+    keys = jax.random.split(key, len(problems))
+    path = _trajectories_compiled(
+        keys,
+        stacked,
+        algorithm=algorithm,
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        optimizer=server_optimizer,
+    )
+    return np.asarray(path)
+
+
+@jax.jit
+def _client_spectra(chol):
+    hessians = chol @ jnp.swapaxes(chol, -1, -2)
+    return jnp.linalg.eigh(hessians)
+
+
+@jax.jit
+def _fixed_points(eigvals, eigvecs, means, weights, steps, local_lr):
+    base = 1.0 - local_lr * eigvals  # (clients, d)
+
+    def one(k):
+        # (1 - ηλ)^K for integer K, also for negative bases.
+        sign = jnp.where((base < 0) & (jnp.mod(k, 2) == 1), -1.0, 1.0)
+        power = sign * jnp.exp(k * jnp.log(jnp.abs(base)))
+        power = jnp.where(base == 0, 0.0, power)
+        b = jnp.einsum("cij,cj,ckj->cik", eigvecs, 1.0 - power, eigvecs)
+        lhs = jnp.einsum("c,cij->ij", weights, b)
+        rhs = jnp.einsum("c,cij,cj->i", weights, b, means)
+        return jnp.linalg.solve(lhs, rhs)
+
+    return jax.vmap(one)(steps)
+
+
+def fedavg_fixed_point(problem: FederatedProblem, local_steps, local_lr: float) -> np.ndarray:
+    """FedAvg's exact fixed point on a quadratic problem (full-batch local gradient descent).
+
+    Args:
+      problem: a problem with exact local posteriors (``problem.clients.posterior``), e.g.
+        :func:`fedpa.problems.least_squares` or :func:`fedpa.problems.quadratic`.
+      local_steps: ``K >= 1``, an int or a 1-D sequence of ints.
+      local_lr: ``η > 0`` with ``η · max_i λ_max(A_i) < 2`` (local gradient descent converges).
+
+    Returns:
+      ``(d,)`` for an int ``local_steps``, ``(len(local_steps), d)`` for a sequence: the point
+      ``x̄_K`` where the averaged FedAvg delta ``Σ_i w_i (I - (I - ηA_i)^K)(x - μ_i)`` vanishes.
+    """
+    if not isinstance(problem, FederatedProblem):
+        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
+    if problem.clients.posterior is None:
+        raise ValueError(
+            f"problem {problem.name!r} has no exact local posteriors; fedavg_fixed_point needs a "
+            "quadratic problem"
+        )
+    scalar = np.ndim(local_steps) == 0
+    steps = [local_steps] if scalar else list(np.asarray(local_steps).ravel())
+    if not steps:
+        raise ValueError("local_steps must hold at least one value, got an empty sequence")
+    steps = [
+        _validate.integer("local_steps", int(k) if isinstance(k, np.integer) else k, minimum=1)
+        for k in steps
+    ]
+    _validate.real("local_lr", local_lr, low=0.0, low_open=True)
+    post = problem.clients.posterior
+    eigvals, eigvecs = _client_spectra(post.precision_cholesky)
+    top = float(jnp.max(eigvals))
+    if local_lr * top >= 2.0:
+        raise ValueError(
+            f"local_lr must be < 2 / max_i λ_max(A_i) = {2.0 / top:.4g} for local gradient descent "
+            f"to converge, got local_lr={local_lr}"
+        )
+    dtype = eigvals.dtype
+    points = _fixed_points(
+        eigvals,
+        eigvecs,
+        post.mean,
+        problem.client_weights().astype(dtype),
+        jnp.asarray(steps, dtype),
+        jnp.asarray(local_lr, dtype),
+    )
+    points = np.asarray(points)
+    return points[0] if scalar else points
+
+
+def relative_distance(points, problem: FederatedProblem) -> np.ndarray:
+    """``‖x - x*‖ / ‖x*‖`` for ``points`` of shape ``(..., d)`` (flat models)."""
+    if not isinstance(problem, FederatedProblem):
+        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
+    optimum = np.asarray(ravel_pytree(problem.global_optimum())[0])
+    points = np.asarray(points)
+    if points.shape[-1:] != optimum.shape:
+        raise ValueError(
+            f"points must have a last axis of size d={optimum.size}, got shape {points.shape}"
+        )
+    return np.linalg.norm(points - optimum, axis=-1) / np.linalg.norm(optimum)
