@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -381,12 +382,16 @@ def test_stage_book_requires_executed_chapters_and_drops_missing_files(root, tmp
         rp.stage_book(root, root / "_build", log=lambda *a, **k: None)
     executed = root / "_build" / "executed"
     executed.mkdir(parents=True)
-    (executed / "tiny.ipynb").write_text("{}")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\nSee [me](tiny.md#x) and [api](api.md).")]
+    nbformat.write(nb, executed / "tiny.ipynb")
     notes = []
     site = rp.stage_book(root, root / "_build", log=notes.append)
     staged = yaml.safe_load((site / "_toc.yml").read_text())
     assert staged == {"format": "jb-book", "root": "book/tiny", "chapters": []}
-    assert (site / "book" / "tiny.ipynb").read_text() == "{}"
+    # links to chapters name the staged executed notebook; links to plain pages are kept
+    source = nbformat.read(site / "book" / "tiny.ipynb", as_version=4).cells[0].source
+    assert source == "# Tiny\n\nSee [me](tiny.ipynb#x) and [api](api.md)."
     assert (site / "_config.yml").is_file()
     assert any("book/missing" in n for n in notes)
 

@@ -1149,7 +1149,12 @@ def stage_book(
             return out
         return node
 
-    staged = prune(toc)
+    try:
+        staged = prune(toc)
+    except SpecError:
+        if not missing_runs:
+            raise
+        staged = None
     if missing_runs:
         raise SpecError(
             "these chapters were not executed yet, run `fedpa reproduce --only "
@@ -1163,14 +1168,52 @@ def stage_book(
     if "parts" in staged:
         staged["parts"] = [p for p in staged["parts"] if p.get("chapters")]
     (site / "_toc.yml").write_text(yaml.safe_dump(staged, sort_keys=False))
+    _relink(site)
     # The figures the notebooks wrote (for MyST figure directives such as ../figures/<stem>/x.png)
     # and the package source (for the API page).
-    figures = Path(manifest.get("output_dir", root / "figures"))
-    if figures.is_dir():
-        _copy_tree(figures, site / "figures")
+    # Each chapter's figures come from the folder its last run wrote to (the manifest).
+    if (root / "figures").is_dir():
+        _copy_tree(root / "figures", site / "figures")
+    for stem, run in manifest.get("notebooks", {}).items():
+        folder = Path(run.get("output_dir", root / "figures")) / stem
+        if folder.is_dir() and folder.resolve() != (root / "figures" / stem).resolve():
+            _copy_tree(folder, site / "figures" / stem)
     if (root / "src").is_dir():
         _copy_tree(root / "src", site / "src")
     return site
+
+
+def _relink(site: Path) -> None:
+    """Points Markdown links to chapters (``[text](least_squares.md#x)``) at the staged ``.ipynb``.
+
+    Chapters are written as ``book/<stem>.md`` but staged as executed notebooks, so a link that
+    names the ``.md`` file would not resolve; links to plain pages are left alone.
+    """
+    import re
+
+    import nbformat
+
+    notebooks = {p.stem for p in site.rglob("*.ipynb")}
+    if not notebooks:
+        return
+    names = "|".join(re.escape(n) for n in sorted(notebooks))
+    pattern = re.compile(rf"(\]\((?:\./)?(?:[\w./-]*/)?(?:{names}))\.md(?=[#)])")
+
+    def fix(text: str) -> str:
+        return pattern.sub(r"\1.ipynb", text)
+
+    for page in site.rglob("*.md"):
+        page.write_text(fix(page.read_text()))
+    for path in site.rglob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        changed = False
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                new = fix(cell.source)
+                changed |= new != cell.source
+                cell.source = new
+        if changed:
+            nbformat.write(nb, path)
 
 
 def check_offline_html(html_dir: str | os.PathLike) -> list[str]:
