@@ -8,9 +8,11 @@ Public names::
     fedpa.minibatch_sgd, fedpa.fedavg, fedpa.fedpa, fedpa.fedpa_exact, fedpa.fedpa_iasg,
     fedpa.with_burnin   algorithms (client updates)
     fedpa.run           the compiled round loop -> Result(params, history, state)
+    fedpa.analysis      per-round trajectories, FedAvg's exact fixed point on quadratics
+    fedpa.plots         the book's plotting helpers (contours, trajectories, animations)
 """
 
-from . import algorithms, figures, posterior, problems, samplers, studies
+from . import algorithms, analysis, figures, plots, posterior, problems, samplers, studies
 from .algorithms import (
     Algorithm,
     fedavg,
@@ -30,12 +32,14 @@ __all__ = [
     "Result",
     "ServerState",
     "algorithms",
+    "analysis",
     "fedavg",
     "fedpa",
     "fedpa_exact",
     "fedpa_iasg",
     "figures",
     "minibatch_sgd",
+    "plots",
     "posterior",
     "problems",
     "run",
