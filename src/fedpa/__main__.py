@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("NAME", "VALUE"),
         help="override a parameter (NAME or STEM.NAME; VALUE is parsed as JSON/YAML data)",
     )
-    r.add_argument("--output-dir", default="figures", help="figures root (default: figures/)")
+    r.add_argument(
+        "--output-dir", default=None, help="figures root (default: figures/ in the repository)"
+    )
     r.add_argument("--build-dir", default=None, help="build folder (default: <repo>/_build)")
     r.add_argument("--list", action="store_true", help="list chapters, parameters and profiles")
     r.add_argument("--keep-going", action="store_true", help="run the rest after a failure")

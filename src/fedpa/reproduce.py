@@ -923,7 +923,7 @@ def reproduce(
     profile: str = "paper",
     only: Iterable[str] = (),
     overrides: Iterable[tuple[str, str]] = (),
-    output_dir: str | os.PathLike = "figures",
+    output_dir: str | os.PathLike | None = None,
     build_dir: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     progress: bool = True,
@@ -932,6 +932,19 @@ def reproduce(
     log=print,
 ) -> list[RunResult]:
     """Validates every selected chapter, then executes them in the book's order.
+
+    Args:
+      profile: profile of every selected spec (``smoke``, ``paper``).
+      only: chapter stems (or comma lists) to run; all when empty.
+      overrides: ``(name, text)`` pairs, see :func:`resolve`.
+      output_dir: figures root; chapter ``<stem>`` writes to ``<output_dir>/<stem>/``
+        (default ``<root>/figures``).
+      build_dir: executed notebooks go to ``<build_dir>/executed`` (default ``<root>/_build``).
+      root: the repository (default: found from the working directory).
+      progress: a tqdm bar over the cells of each notebook.
+      keep_going: run the remaining chapters after a failure.
+      timeout: per-cell timeout in seconds (``None``: none).
+      log: ``print``-like function for error reports.
 
     Returns:
       one :class:`RunResult` per executed chapter (a failed one has ``ok=False``; without
@@ -942,7 +955,7 @@ def reproduce(
     """
     root = find_root(root) if root is None else Path(root)
     build_dir = Path(build_dir) if build_dir is not None else root / "_build"
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir) if output_dir is not None else root / "figures"
     chapters = discover(root, only)
     if not chapters:
         raise SpecError(f"no chapters found in {root / 'book'} (book/<stem>.md + book/<stem>.yml)")
