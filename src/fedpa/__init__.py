@@ -10,9 +10,22 @@ Public names::
     fedpa.run           the compiled round loop -> Result(params, history, state)
     fedpa.analysis      per-round trajectories, FedAvg's exact fixed point on quadratics
     fedpa.plots         the book's plotting helpers (contours, trajectories, animations)
+    fedpa.models        logistic regression and an MLP (init, apply, masked loss)
+    fedpa.data          federated digits (Dirichlet split), TFF EMNIST HDF5, classification problems
 """
 
-from . import algorithms, analysis, figures, plots, posterior, problems, samplers, studies
+from . import (
+    algorithms,
+    analysis,
+    data,
+    figures,
+    models,
+    plots,
+    posterior,
+    problems,
+    samplers,
+    studies,
+)
 from .algorithms import (
     Algorithm,
     fedavg,
@@ -33,12 +46,14 @@ __all__ = [
     "ServerState",
     "algorithms",
     "analysis",
+    "data",
     "fedavg",
     "fedpa",
     "fedpa_exact",
     "fedpa_iasg",
     "figures",
     "minibatch_sgd",
+    "models",
     "plots",
     "posterior",
     "problems",
