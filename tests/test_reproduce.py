@@ -303,6 +303,22 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
     assert (root / "_build" / "failed" / "tiny.ipynb").is_file()
 
 
+def test_atomic_write_leaves_old_file_or_new_never_half(tmp_path, monkeypatch):
+    target = tmp_path / "executed" / "tiny.ipynb"
+    rp._atomic_write(target, "old")
+    assert target.read_text() == "old" and (target.stat().st_mode & 0o777) == 0o644
+
+    def crash(src, dst):
+        assert Path(src).read_text() == "new, complete"  # fully written before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rp.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rp._atomic_write(target, "new, complete")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["tiny.ipynb"]  # no temporary left
+
+
 def test_missing_or_stale_figures_fail_naming_them(root, tmp_path):
     chapter = rp.discover(root)[0]
     out = tmp_path / "figs"

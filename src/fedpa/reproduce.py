@@ -772,6 +772,29 @@ def check_figures(chapter: Chapter, output_dir: str | os.PathLike, since: float 
     return sorted(p.name for p in folder.glob("*.png") if p.stat().st_mtime >= since)
 
 
+def _atomic_write(path: Path, text: str) -> Path:
+    """Writes ``text`` through a temporary file in the same folder and ``os.replace``.
+
+    A crash or an interrupt leaves either the old file or the new one, never half of one; the
+    file is world-readable (``0o644``) like any other build output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def _relative(path: Path, start: Path) -> str:
     path, start = path.resolve(), start.resolve()
     try:
@@ -806,8 +829,6 @@ def execute_chapter(
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
-
-    from .figures import atomic_write
 
     build_dir = Path(build_dir)
     executed_dir = build_dir / "executed"
@@ -867,7 +888,7 @@ def execute_chapter(
             raise NotebookError(chapter.stem, f"{type(err).__name__}: {err}") from None
         figures = check_figures(chapter, output_dir, since)
         out = _finish_notebook(out, chapter.stem, profile, params, source)
-        target = atomic_write(executed_dir / f"{chapter.stem}.ipynb", nbformat.writes(out).encode())
+        target = _atomic_write(executed_dir / f"{chapter.stem}.ipynb", nbformat.writes(out))
     finally:
         for tmp in (src_tmp, out_tmp):
             with contextlib.suppress(FileNotFoundError):
@@ -876,8 +897,6 @@ def execute_chapter(
 
 
 def _update_manifest(build_dir: Path, profile: str, output_dir: Path, results, resolved) -> None:
-    from .figures import atomic_write
-
     path = build_dir / "executed" / "manifest.json"
     manifest: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError, ValueError):
@@ -893,8 +912,7 @@ def _update_manifest(build_dir: Path, profile: str, output_dir: Path, results, r
                 "figures": r.figures,
             }
     manifest = {"notebooks": notebooks, "output_dir": str(output_dir.resolve()), "profile": profile}
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, text.encode())
+    _atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def format_summary(results: Sequence[RunResult]) -> str:
