@@ -405,53 +405,58 @@ def gif_html(path: str | os.PathLike, width: str = "100%"):
     return HTML(f'<img src="data:image/gif;base64,{data}" style="width:{width}" alt="animation"/>')
 
 
-def bias_figure(exact, simulated, *, fedpa=None, figsize=(7.5, 4.5)):
+def bias_figure(exact, simulated, *, fedpa=None, figsize=(11.0, 4.2)):
     """Relative distance of FedAvg's fixed point from the optimum against local steps.
+
+    Two panels with the same data: a linear y axis (left: the size of the bias) and a log y axis
+    (right: small values, e.g. ``h = 0`` and FedPA at float rounding).
 
     Args:
       exact: DataFrame with columns ``heterogeneity, local_steps, relative_distance`` (the exact
         fixed-point curves, one line per heterogeneity).
       simulated: the same columns, simulated stochastic FedAvg (markers).
-      fedpa: optional, the same columns for FedPA-exact (one grey-blue dashed line per
+      fedpa: optional, the same columns for FedPA-exact (dashed blue lines, one per
         heterogeneity; they sit at the bottom).
 
     Returns:
-      the matplotlib figure (log-log axes).
+      the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
     hs = sorted(set(exact["heterogeneity"]))
     cmap = plt.get_cmap("magma")
-    for j, h in enumerate(hs):
-        color = cmap(0.15 + 0.65 * j / max(len(hs) - 1, 1))
-        e = exact[exact["heterogeneity"] == h].sort_values("local_steps")
-        ax.plot(
-            e["local_steps"],
-            e["relative_distance"],
-            "-",
-            color=color,
-            lw=2,
-            label=f"FedAvg, exact fixed point, $h={h:g}$",
-        )
-        s = simulated[simulated["heterogeneity"] == h].sort_values("local_steps")
-        ax.plot(s["local_steps"], s["relative_distance"], "o", color=color, mec="white", ms=8)
-    ax.plot([], [], "o", color="0.4", mec="white", ms=8, label="FedAvg, simulated (local SGD)")
-    if fedpa is not None:
-        for j, h in enumerate(sorted(set(fedpa["heterogeneity"]))):
-            f = fedpa[fedpa["heterogeneity"] == h].sort_values("local_steps")
+    for ax, yscale in zip(axes, ("linear", "log"), strict=True):
+        for j, h in enumerate(hs):
+            color = cmap(0.15 + 0.65 * j / max(len(hs) - 1, 1))
+            e = exact[exact["heterogeneity"] == h].sort_values("local_steps")
             ax.plot(
-                f["local_steps"],
-                f["relative_distance"],
-                "--",
-                color=ALGORITHM_COLORS["FedPA"],
-                lw=1.5,
-                label="FedPA-exact (every $h$)" if j == 0 else None,
+                e["local_steps"],
+                e["relative_distance"],
+                "-",
+                color=color,
+                lw=2,
+                label=f"FedAvg, exact fixed point, $h={h:g}$",
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("local steps $K$")
-    ax.set_ylabel(r"$\|\bar x - x^\star\| \,/\, \|x^\star\|$")
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+            s = simulated[simulated["heterogeneity"] == h].sort_values("local_steps")
+            ax.plot(s["local_steps"], s["relative_distance"], "o", color=color, mec="white", ms=8)
+        ax.plot([], [], "o", color="0.4", mec="white", ms=8, label="FedAvg, simulated (local SGD)")
+        if fedpa is not None:
+            for j, h in enumerate(sorted(set(fedpa["heterogeneity"]))):
+                f = fedpa[fedpa["heterogeneity"] == h].sort_values("local_steps")
+                ax.plot(
+                    f["local_steps"],
+                    f["relative_distance"],
+                    "--",
+                    color=ALGORITHM_COLORS["FedPA"],
+                    lw=1.5,
+                    label="FedPA-exact (every $h$)" if j == 0 else None,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale(yscale)
+        ax.set_xlabel("local steps $K$")
+        ax.set_ylabel(r"$\|\bar x_K - x^\star\| \,/\, \|x^\star\|$")
+        ax.set_title("linear scale" if yscale == "linear" else "log scale")
+    axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
