@@ -41,14 +41,55 @@ class Sampler(NamedTuple):
     name: str = "sampler"
 
 
+def _mix32(x):
+    """``lowbias32`` (C. Wellons): a bijective 32-bit integer hash with near-ideal avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _mulhi_u32(a, b):
+    """``floor(a * b / 2³²)`` for ``uint32`` arrays, exactly, with 16-bit limbs (no uint64)."""
+    mask = jnp.uint32(0xFFFF)
+    ah, al, bh, bl = a >> 16, a & mask, b >> 16, b & mask
+    hl, lh = ah * bl, al * bh
+    carry = ((hl & mask) + (lh & mask) + ((al * bl) >> 16)) >> 16
+    return ah * bh + (hl >> 16) + (lh >> 16) + carry
+
+
+def hash_bits(key, size: int):
+    """``(size,)`` uniform ``uint32`` words from a keyed counter-based hash.
+
+    A cheap stand-in for Threefry where many words are needed per step (mini-batch rows): two
+    32-bit words are drawn from ``key`` with JAX's own generator, then word ``t`` is
+    ``mix(mix(t·φ + k₀) ⊕ k₁)`` with ``mix`` the ``lowbias32`` hash. Deterministic in ``key``;
+    about 5× cheaper than ``jax.random.bits`` on XLA:CPU. Not for cryptography.
+    """
+    k = jax.random.bits(key, (2,), jnp.uint32)
+    counter = lax.iota(jnp.uint32, size) * jnp.uint32(0x9E3779B9)
+    return _mix32(_mix32(counter + k[0]) ^ k[1])
+
+
 def minibatch_indices(key, num_examples, shape):
-    """Integer indices, uniform with replacement over a client's ``num_examples`` valid rows."""
-    # Drawn flat and reshaped: under vmap over clients a (T, B) draw becomes rank 3, which
-    # XLA:CPU compiles very slowly (26 s vs 4 s measured for (8, 2100, 10) in jax 0.10.2).
+    """Integer indices, uniform with replacement over a client's ``num_examples`` valid rows.
+
+    Args:
+      key: PRNG key.
+      num_examples: int scalar ``n >= 1`` (may be traced: the valid rows of a padded client).
+      shape: static output shape, e.g. ``(steps, batch_size)``.
+
+    Returns:
+      ``int32`` array of ``shape`` with values in ``[0, n)``: one :func:`hash_bits` word per
+      index mapped by Lemire's multiply-shift ``⌊w·n / 2³²⌋`` (bias below ``n / 2³²``). Drawn
+      flat and reshaped: a rank-3 draw under ``vmap`` compiles very slowly on XLA:CPU.
+    """
     size = 1
     for s in shape:
         size *= s
-    return jax.random.randint(key, (size,), 0, num_examples).reshape(shape)
+    n = jnp.asarray(num_examples).astype(jnp.uint32)
+    return _mulhi_u32(hash_bits(key, size), n).astype(jnp.int32).reshape(shape)
 
 
 def _gather(data, idx):
