@@ -1081,18 +1081,17 @@ def figure_table(book_dir: str | os.PathLike = ".", output_dir: str = "figures")
     """
     chapters, in_toc = _book_chapters(book_dir)
     lines = [
-        "| Figure | Chapter | Files | Command |",
-        "| --- | --- | --- | --- |",
+        f"| Figure (`{output_dir}/<chapter>/<figure>.png`) | Chapter | Command |",
+        "| --- | --- | --- |",
     ]
     for chapter in chapters:
         for fig in chapter.figures:
             lines.append(
-                f"| `{fig}` | {_doc_link(chapter.stem, in_toc)} "
-                f"| `{output_dir}/{chapter.stem}/{fig}.png` "
+                f"| `{chapter.stem}/{fig}` | {_doc_link(chapter.stem, in_toc)} "
                 f"| `fedpa reproduce --only {chapter.stem}` |"
             )
     if len(lines) == 2:
-        lines.append("| (no figures declared yet) | | | |")
+        lines.append("| (no figures declared yet) | | |")
     return "\n".join(lines)
 
 
