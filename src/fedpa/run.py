@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from . import _validate
 from .algorithms import Algorithm
@@ -89,6 +91,7 @@ def server(
     server_optimizer: optax.GradientTransformation,
     *,
     client_chunk_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Server:
     """One federated round as a pure kernel.
 
@@ -96,9 +99,23 @@ def server(
       client_update: ``(loss_fn, params, client, key) -> delta``.
       clients_per_round: ``m``, clients sampled without replacement each round.
       server_optimizer: an optax transformation; the averaged delta is its gradient.
-      client_chunk_size: evaluate the ``m`` client updates ``client_chunk_size`` at a time
-        (``lax.map`` over chunks of a ``vmap``) to bound memory; ``None`` vmaps all at once.
+      client_chunk_size: evaluate the ``m`` client updates ``client_chunk_size`` at a time (a
+        ``lax.scan`` over chunks of a ``vmap``, accumulating the weighted sum of deltas) to bound
+        memory; only the chunk's clients' data is gathered. ``None`` vmaps all ``m`` at once.
+      mesh: a ``jax.sharding.Mesh``; the clients of a round (of a chunk) are sharded over all of
+        its devices, server state replicated. When the device count does not divide the clients,
+        the round is padded with repeated clients of weight zero (same result).
     """
+    num_devices = 1 if mesh is None else int(mesh.size)
+    chunk = clients_per_round if client_chunk_size is None else client_chunk_size
+    chunk = -(-min(chunk, clients_per_round) // num_devices) * num_devices
+    num_chunks = -(-clients_per_round // chunk)
+    pad = num_chunks * chunk - clients_per_round
+
+    def shard(x, spec):
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     def init(params) -> ServerState:
         return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
@@ -108,32 +125,52 @@ def server(
         selected = jax.random.choice(
             k_select, problem.num_clients, (clients_per_round,), replace=False
         )
-        clients = jax.tree.map(lambda a: a[selected], problem.clients)
         keys = jax.random.split(k_clients, clients_per_round)
-
-        def one(client, k):
-            return client_update(problem.loss_fn, state.params, client, k)
-
-        if client_chunk_size is None or client_chunk_size >= clients_per_round:
-            deltas = jax.vmap(one)(clients, keys)
-        else:
-            deltas = jax.lax.map(lambda ck: one(*ck), (clients, keys), batch_size=client_chunk_size)
-        counts = clients.num_examples.astype(jnp.result_type(float))
+        counts = problem.clients.num_examples[selected].astype(jnp.result_type(float))
         weights = counts / jnp.sum(counts)
-        mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights.astype(d.dtype), d, 1), deltas)
-        updates, opt_state = server_optimizer.update(mean_delta, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        if pad:  # repeat the first client with weight zero up to whole chunks
+            selected = jnp.concatenate([selected, jnp.broadcast_to(selected[0], (pad,))])
+            keys = jnp.concatenate([keys, jnp.broadcast_to(keys[0], (pad,))])
+            weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
+        params = shard(state.params, P())
+
+        def weighted_sum(sel, ks, w):
+            # Gather only these clients' data; with a mesh each device gathers its own clients.
+            sel, ks, w = shard(sel, P(mesh_axes)), shard(ks, P(mesh_axes)), shard(w, P(mesh_axes))
+            clients = jax.tree.map(lambda a: a[sel], problem.clients)
+            deltas = jax.vmap(lambda c, k: client_update(problem.loss_fn, params, c, k))(
+                clients, ks
+            )
+            return jax.tree.map(lambda d: jnp.tensordot(w.astype(d.dtype), d, 1), deltas)
+
+        if num_chunks == 1:
+            mean_delta = weighted_sum(selected, keys, weights)
+        else:
+
+            def body(total, xs):
+                return jax.tree.map(jnp.add, total, weighted_sum(*xs)), None
+
+            xs = jax.tree.map(
+                lambda a: a.reshape(num_chunks, chunk, *a.shape[1:]), (selected, keys, weights)
+            )
+            mean_delta, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), xs)
+        mean_delta = shard(mean_delta, P())
+        updates, opt_state = server_optimizer.update(mean_delta, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
         new_state = ServerState(params, opt_state, state.round + 1)
         return new_state, metrics(problem, params)
 
+    mesh_axes = None if mesh is None else tuple(mesh.axis_names)
     return Server(init, step)
 
 
 @partial(
     jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "chunk"),
+    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "chunk", "mesh"),
 )
-def _run_compiled(key, state, problem, *, algorithm, rounds, clients_per_round, optimizer, chunk):
+def _run_compiled(
+    key, state, problem, *, algorithm, rounds, clients_per_round, optimizer, chunk, mesh=None
+):
     phases = []
     burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
     if burnin:
@@ -143,7 +180,7 @@ def _run_compiled(key, state, problem, *, algorithm, rounds, clients_per_round, 
     keys = jax.random.split(key, rounds)
     histories, start = [], 0
     for update, length in phases:
-        srv = server(update, clients_per_round, optimizer, client_chunk_size=chunk)
+        srv = server(update, clients_per_round, optimizer, client_chunk_size=chunk, mesh=mesh)
         state, hist = jax.lax.scan(
             lambda s, k, srv=srv: srv.step(s, k, problem), state, keys[start : start + length]
         )
@@ -164,6 +201,7 @@ def run(
     init_params=None,
     state: ServerState | None = None,
     client_chunk_size: int | None = None,
+    mesh: Mesh | None = None,
     check_divergence: bool = True,
 ) -> Result:
     """Runs ``rounds`` federated rounds in one compiled call.
@@ -179,7 +217,14 @@ def run(
       key: PRNG key (required). The same key gives bit-identical results.
       init_params: starting model (default ``problem.init_params``).
       state: a :class:`ServerState` to continue from (overrides ``init_params``).
-      client_chunk_size: bound memory by evaluating clients in chunks of this size.
+      client_chunk_size: bound memory by evaluating clients in chunks of this size (only a
+        chunk's client data is gathered at a time; 10,000 clients per round fit in a few GiB).
+      mesh: a ``jax.sharding.Mesh``: each round's clients are sharded over all its devices
+        (``NamedSharding``; XLA inserts the all-reduce of the weighted delta), problem data and
+        server state are replicated. Clients per round (per chunk) need not divide the device
+        count: the round is padded with weight-zero repeats. Multi-host: call
+        ``jax.distributed.initialize()`` on every host first and pass a mesh over
+        ``jax.devices()``.
       check_divergence: raise :class:`DivergenceError` naming the first round with NaN/inf.
 
     Returns:
@@ -197,6 +242,8 @@ def run(
         )
     if client_chunk_size is not None:
         client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
     if key is None:
         raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
     if server_optimizer is None:
@@ -210,6 +257,9 @@ def run(
         params = problem.init_params if init_params is None else init_params
         _check_params_like(params, problem.init_params)
         state = server(algorithm.client_update, clients_per_round, server_optimizer).init(params)
+    if mesh is not None:
+        replicated = NamedSharding(mesh, P())
+        problem, state, key = jax.device_put((problem, state, key), replicated)
     state, history = _run_compiled(
         key,
         state,
@@ -219,6 +269,7 @@ def run(
         clients_per_round=clients_per_round,
         optimizer=server_optimizer,
         chunk=client_chunk_size,
+        mesh=mesh,
     )
     history = {k: np.asarray(v) for k, v in history.items()}
     if check_divergence and not history["finite"].all():
