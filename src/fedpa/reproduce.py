@@ -693,7 +693,7 @@ def _papermill_command(stem: str, params: Mapping[str, Any]) -> str:
 
 def _rerun_note(stem: str, profile: str, params: Mapping[str, Any]) -> str:
     return (
-        ":::{admonition} Rerun this page\n:class: tip\n\n"
+        ":::{admonition} Rerun this page\n:class: tip dropdown\n\n"
         f"This page was executed with the `{profile}` profile. Regenerate it and its figures "
         f"(in `figures/{stem}/`) with\n\n"
         f"```bash\nfedpa reproduce --only {stem} --profile {profile}\n```\n\n"
@@ -704,7 +704,7 @@ def _rerun_note(stem: str, profile: str, params: Mapping[str, Any]) -> str:
 
 
 def _has_rerun_note(nb) -> bool:
-    return any(c.cell_type == "markdown" and "Rerun" in c.source for c in nb.cells)
+    return any(c.cell_type == "markdown" and "Rerun this page" in c.source for c in nb.cells)
 
 
 def _finish_notebook(nb, stem: str, profile: str, params: Mapping[str, Any], source: str):
