@@ -331,7 +331,8 @@ def animate_trajectories(
         for line, end in arts.values():
             line.set_animated(True)
             end.set_animated(True)
-        moving.append((ax, trajs, arts))
+        stars = [ln for ln in ax.get_lines() if ln.get_label() == "global optimum"]
+        moving.append((ax, trajs, arts, stars))
     counter = fig.text(0.5, 0.01, "", ha="center", va="bottom", fontsize="large", animated=True)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     canvas.draw()
@@ -339,13 +340,15 @@ def animate_trajectories(
     images = []
     for r in rounds:
         canvas.restore_region(background)
-        for ax, trajs, arts in moving:
+        for ax, trajs, arts, stars in moving:
             for name, (line, end) in arts.items():
                 path = np.asarray(trajs[name])[: r + 1]
                 line.set_data(path[:, 0], path[:, 1])
                 end.set_data([path[-1, 0]], [path[-1, 1]])
                 ax.draw_artist(line)
                 ax.draw_artist(end)
+            for star in stars:  # the optimum stays on top of the paths
+                ax.draw_artist(star)
         counter.set_text(f"round {int(r)} of {length - 1}")
         fig.draw_artist(counter)
         rgba = np.asarray(canvas.buffer_rgba())
