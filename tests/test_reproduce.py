@@ -65,7 +65,7 @@ verbose = False
 ```{{code-cell}} ipython3
 import os
 
-folder = os.path.join(output_dir, "tiny")
+folder = os.path.join(output_dir, "{stem}")
 os.makedirs(folder, exist_ok=True)
 {body}
 ```
@@ -101,7 +101,7 @@ def make_root(tmp_path: Path, body: str = WRITE_FIGURE, spec: dict | None = None
     (root / "_toc.yml").write_text(
         "format: jb-book\nroot: book/tiny\nchapters:\n  - file: book/missing\n"
     )
-    (root / "book" / "tiny.md").write_text(TINY.format(body=body))
+    (root / "book" / "tiny.md").write_text(TINY.format(body=body, stem="tiny"))
     (root / "book" / "tiny.yml").write_text(yaml.safe_dump(spec or SPEC))
     return root
 
@@ -291,7 +291,8 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
 
     # Now the notebook raises: non-zero exit, the error cell shown, the old output untouched,
     # no temporary or half-written notebook left in the executed folder.
-    (root / "book" / "tiny.md").write_text(TINY.format(body='raise RuntimeError("boom in cell")'))
+    failing = TINY.format(body='raise RuntimeError("boom in cell")', stem="tiny")
+    (root / "book" / "tiny.md").write_text(failing)
     rc = main(["reproduce", "--profile", "smoke", "--output-dir", str(figures), "--no-progress"])
     out = capsys.readouterr()
     assert rc == 1
@@ -301,6 +302,22 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
     assert executed.read_bytes() == before
     assert sorted(p.name for p in executed.parent.iterdir()) == ["manifest.json", "tiny.ipynb"]
     assert (root / "_build" / "failed" / "tiny.ipynb").is_file()
+
+
+def test_parallel_jobs_keep_the_books_order(root, tmp_path):
+    (root / "book" / "tiny2.md").write_text(TINY.format(body=WRITE_FIGURE, stem="tiny2"))
+    (root / "book" / "tiny2.yml").write_text(yaml.safe_dump(SPEC))
+    results = rp.reproduce(
+        profile="smoke", root=root, output_dir=tmp_path / "figs", jobs=2, progress=False
+    )
+    assert [(r.stem, r.ok, r.figures) for r in results] == [
+        ("tiny", True, ["fig_a.png"]),
+        ("tiny2", True, ["fig_a.png"]),
+    ]
+    executed = sorted(p.name for p in (root / "_build" / "executed").iterdir())
+    assert executed == ["manifest.json", "tiny.ipynb", "tiny2.ipynb"]
+    with pytest.raises(rp.SpecError, match="jobs must be an integer >= 1"):
+        rp.reproduce(root=root, jobs=0)
 
 
 def test_atomic_write_leaves_old_file_or_new_never_half(tmp_path, monkeypatch):

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-going", action="store_true", help="run the rest after a failure")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    r.add_argument(
+        "-j", "--jobs", type=int, default=1, help="notebooks run at the same time (default 1)"
+    )
     b = sub.add_parser(
         "book",
         help="build the HTML book from the executed notebooks (after `fedpa reproduce`)",
@@ -78,6 +81,7 @@ def _reproduce(args) -> int:
             progress=not args.no_progress,
             keep_going=args.keep_going,
             timeout=args.timeout,
+            jobs=args.jobs,
         )
     except rp.SpecError as err:
         print(f"fedpa reproduce: error: {err}", file=sys.stderr)

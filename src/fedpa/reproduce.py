@@ -28,6 +28,7 @@ warnings as errors and checks that the HTML loads nothing from the network.
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -38,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -814,6 +816,7 @@ def execute_chapter(
     progress: bool = True,
     kernel_name: str = "python3",
     timeout: float | None = None,
+    bar_position: int | None = None,
 ) -> RunResult:
     """Runs one chapter through papermill and writes ``<build_dir>/executed/<stem>.ipynb``.
 
@@ -859,7 +862,11 @@ def execute_chapter(
     since = start - 1.0  # file systems with coarse mtimes
     try:
         Path(src_tmp).write_text(nbformat.writes(nb))
-        bar = {"desc": chapter.stem, "leave": True, "file": sys.stderr} if progress else False
+        bar: dict[str, Any] | bool = False
+        if progress:
+            bar = {"desc": chapter.stem, "leave": True, "file": sys.stderr}
+            if bar_position is not None:
+                bar["position"] = bar_position
         try:
             out = papermill.execute_notebook(
                 src_tmp,
@@ -947,6 +954,7 @@ def reproduce(
     progress: bool = True,
     keep_going: bool = False,
     timeout: float | None = None,
+    jobs: int = 1,
     log=print,
 ) -> list[RunResult]:
     """Validates every selected chapter, then executes them in the book's order.
@@ -962,6 +970,8 @@ def reproduce(
       progress: a tqdm bar over the cells of each notebook.
       keep_going: run the remaining chapters after a failure.
       timeout: per-cell timeout in seconds (``None``: none).
+      jobs: notebooks executed at the same time (each in its own kernel); results and the
+        summary keep the book's order.
       log: ``print``-like function for error reports.
 
     Returns:
@@ -971,6 +981,8 @@ def reproduce(
     Raises:
       SpecError: before anything runs.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SpecError(f"jobs must be an integer >= 1, got {jobs!r}")
     root = find_root(root) if root is None else Path(root)
     build_dir = Path(build_dir) if build_dir is not None else root / "_build"
     output_dir = Path(output_dir) if output_dir is not None else root / "figures"
@@ -979,26 +991,34 @@ def reproduce(
         raise SpecError(f"no chapters found in {root / 'book'} (book/<stem>.md + book/<stem>.yml)")
     overrides = list(overrides)
     resolved = resolve(chapters, profile, overrides)
-    results: list[RunResult] = []
-    for chapter in chapters:
+    failed = threading.Event()
+
+    def run_one(index: int, chapter: Chapter) -> RunResult | None:
+        if failed.is_set() and not keep_going:
+            return None  # an earlier chapter failed: skip the rest
         start = time.time()
         try:
-            results.append(
-                execute_chapter(
-                    chapter,
-                    resolved[chapter.stem],
-                    output_dir=output_dir,
-                    build_dir=build_dir,
-                    profile=profile,
-                    progress=progress,
-                    timeout=timeout,
-                )
+            return execute_chapter(
+                chapter,
+                resolved[chapter.stem],
+                output_dir=output_dir,
+                build_dir=build_dir,
+                profile=profile,
+                progress=progress,
+                timeout=timeout,
+                bar_position=index if jobs > 1 else None,
             )
         except (NotebookError, MissingFigureError) as err:
-            results.append(RunResult(chapter.stem, False, time.time() - start, [], error=str(err)))
+            failed.set()
             log(f"\n{err}\n", file=sys.stderr)
-            if not keep_going:
-                break
+            return RunResult(chapter.stem, False, time.time() - start, [], error=str(err))
+
+    if jobs <= 1:
+        outcomes = [run_one(i, c) for i, c in enumerate(chapters)]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            outcomes = list(pool.map(run_one, range(len(chapters)), chapters))
+    results = [r for r in outcomes if r is not None]
     _update_manifest(build_dir, profile, output_dir, results, resolved)
     return results
 
