@@ -878,6 +878,8 @@ def execute_chapter(
                 cwd=str(cwd),
                 execution_timeout=timeout,
                 start_timeout=120,
+                # the kernel's own log (not cell output): keep errors, drop its TCP warning
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except PapermillExecutionError as err:
             if Path(out_tmp).is_file() and Path(out_tmp).stat().st_size:
@@ -931,7 +933,7 @@ def format_summary(results: Sequence[RunResult]) -> str:
         )
         rows.append((r.stem, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", figs))
     total = sum(r.seconds for r in results)
-    rows.append(("total", "", f"{total:.1f}", str(sum(len(r.figures) for r in results))))
+    rows.append(("sum", "", f"{total:.1f}", str(sum(len(r.figures) for r in results))))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = []
     for i, row in enumerate(rows):
