@@ -67,7 +67,6 @@ __all__ = [
     "reproduce",
     "figure_table",
     "chapter_list",
-    "rerun_command",
     "stage_book",
     "build_book",
     "check_offline_html",
@@ -662,16 +661,6 @@ def _select_stems(stems: Sequence[str], only: Iterable[str]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Execution
-
-
-def rerun_command(stem: str, profile: str | None = None, params: Mapping[str, Any] | None = None):
-    """The ``fedpa reproduce`` command that regenerates one chapter."""
-    cmd = ["fedpa", "reproduce", "--only", stem]
-    if profile:
-        cmd += ["--profile", profile]
-    for name, value in (params or {}).items():
-        cmd += ["-p", name, json.dumps(value) if not isinstance(value, str) else value]
-    return shlex.join(cmd)
 
 
 def _papermill_command(stem: str, params: Mapping[str, Any]) -> str:
