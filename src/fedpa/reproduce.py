@@ -1332,14 +1332,27 @@ def build_book(
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):
-    """Hides NamedTuple fields' "Alias for field number N" (their class docstring has them)."""
+    """Hides bare field entries of NamedTuples and dataclasses on the API page.
+
+    Their class docstrings list the fields (napoleon's ``Attributes:`` as ``:ivar:``); autodoc
+    would add each field again, with "Alias for field number N" or nothing at all.
+    """
+    from sphinx.ext.autodoc import INSTANCEATTR, UNINITIALIZED_ATTR
+
     doc = getattr(obj, "__doc__", None) or ""
     if doc.startswith("Alias for field number"):
+        return True
+    if what == "class" and (
+        obj is INSTANCEATTR
+        or obj is UNINITIALIZED_ATTR
+        or obj is None
+        or isinstance(obj, (str, int, float, bool, tuple))
+    ):
         return True
     return None
 
 
 def setup(app):
-    """Sphinx hook: ``fedpa.reproduce`` in ``extra_extensions`` tidies the API page."""
+    """Sphinx entry point: ``fedpa.reproduce`` in ``extra_extensions`` tidies the API page."""
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
