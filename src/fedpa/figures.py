@@ -65,14 +65,27 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Writes ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A crash or an interrupt leaves either the old file or the new one, never half of one. The
+    file gets the usual permissions (``0o666`` less the umask). ``str`` is written as UTF-8.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
