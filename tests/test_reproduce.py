@@ -320,6 +320,24 @@ def test_parallel_jobs_keep_the_books_order(root, tmp_path):
         rp.reproduce(root=root, jobs=0)
 
 
+def test_declared_figures_get_a_caption_and_label():
+    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "F"})
+    saves = nbformat.v4.new_code_cell('fedpa.figures.save(\n    fig, "fig_a", chapter="tiny")')
+    saves.outputs = [image]
+    undeclared = nbformat.v4.new_code_cell('save(fig, "fig_other", chapter="tiny")')
+    undeclared.outputs = [image]
+    own = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
+    own.outputs = [image]
+    own.metadata["mystnb"] = {"figure": {"caption": "Mine", "name": "mine"}}
+    nb = nbformat.v4.new_notebook(cells=[saves, undeclared, own])
+    rp._caption_figures(nb, "tiny", ["fig_a"])
+    figure = saves.metadata["mystnb"]["figure"]
+    assert figure["name"] == "tiny-fig_a"
+    assert "fedpa reproduce --only tiny" in figure["caption"]
+    assert "mystnb" not in undeclared.metadata
+    assert own.metadata["mystnb"]["figure"] == {"caption": "Mine", "name": "mine"}
+
+
 def test_atomic_write_leaves_old_file_or_new_never_half(tmp_path, monkeypatch):
     target = tmp_path / "executed" / "tiny.ipynb"
     rp._atomic_write(target, "old")

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -698,9 +699,50 @@ def _has_rerun_note(nb) -> bool:
     return any(c.cell_type == "markdown" and "Rerun this page" in c.source for c in nb.cells)
 
 
-def _finish_notebook(nb, stem: str, profile: str, params: Mapping[str, Any], source: str):
-    """Tags the injected parameters cell and adds the "Rerun this page" note when missing."""
+_SAVE_CALL = re.compile(r"\bsave\(\s*[\w.\[\]]+\s*,\s*[\"'](\w+)[\"']")
+
+
+def _caption_figures(nb, stem: str, figures: Sequence[str]) -> None:
+    """Gives each declared figure's output a numbered caption and the label ``<stem>-<fig>``.
+
+    Applies to a code cell that saves exactly one declared figure (``figures.save(fig,
+    "<name>", ...)``) and shows exactly one image, unless the cell sets its own
+    ``mystnb.figure``.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        names = [n for n in _SAVE_CALL.findall(cell.source) if n in figures]
+        images = [
+            o
+            for o in cell.get("outputs", [])
+            if o.get("output_type") in ("display_data", "execute_result")
+            and any(k.startswith("image/") for k in o.get("data", {}))
+        ]
+        mystnb = cell.metadata.get("mystnb", {})
+        if len(names) != 1 or len(images) != 1 or "figure" in mystnb:
+            continue
+        fig = names[0]
+        mystnb["figure"] = {
+            "caption": f"`{fig}`, saved to `figures/{stem}/{fig}.png` next to its data; "
+            f"regenerate it with `fedpa reproduce --only {stem}`.",
+            "name": f"{stem}-{fig}",
+        }
+        cell.metadata["mystnb"] = mystnb
+
+
+def _finish_notebook(
+    nb,
+    stem: str,
+    profile: str,
+    params: Mapping[str, Any],
+    source: str,
+    figures: Sequence[str] = (),
+):
+    """Tags the injected parameters cell, adds the "Rerun this page" note, captions figures."""
     import nbformat
+
+    _caption_figures(nb, stem, figures)
 
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
@@ -885,7 +927,7 @@ def execute_chapter(
         except Exception as err:  # kernel died, timeout, ...
             raise NotebookError(chapter.stem, f"{type(err).__name__}: {err}") from None
         figures = check_figures(chapter, output_dir, since)
-        out = _finish_notebook(out, chapter.stem, profile, params, source)
+        out = _finish_notebook(out, chapter.stem, profile, params, source, chapter.figures)
         target = _atomic_write(executed_dir / f"{chapter.stem}.ipynb", nbformat.writes(out))
     finally:
         for tmp in (src_tmp, out_tmp):
@@ -1230,8 +1272,6 @@ def _relink(site: Path) -> None:
     Chapters are written as ``book/<stem>.md`` but staged as executed notebooks, so a link that
     names the ``.md`` file would not resolve; links to plain pages are left alone.
     """
-    import re
-
     import nbformat
 
     notebooks = {p.stem for p in site.rglob("*.ipynb")}
@@ -1263,8 +1303,6 @@ def check_offline_html(html_dir: str | os.PathLike) -> list[str]:
     Looks for ``<script src=``/``<link href=`` pointing at ``http(s)://`` or ``//`` URLs and
     checks that MathJax is the local copy from sphinx-mathjax-offline.
     """
-    import re
-
     html_dir = Path(html_dir)
     problems = []
     pattern = re.compile(
