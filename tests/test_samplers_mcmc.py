@@ -61,15 +61,20 @@ def test_hmc_chain_counts_gradient_evaluations(client_problem):
     def logdensity(x):
         return -p.loss_fn(x, client.data)
 
-    with jax.enable_x64(True):
+    @jax.jit
+    def both(key):
         _, evals = samplers.hmc_chain(
-            jax.random.key(0), logdensity, jnp.zeros(3), num_samples=5, step_size=0.5,
+            key, logdensity, jnp.zeros(3), num_samples=5, step_size=0.5,
             num_integration_steps=3, burnin_steps=7, thinning=2,
         )  # fmt: skip
         _, nuts_evals = samplers.hmc_chain(
-            jax.random.key(0), logdensity, jnp.zeros(3), num_samples=5, step_size=0.5,
+            key, logdensity, jnp.zeros(3), num_samples=5, step_size=0.5,
             burnin_steps=7, thinning=2,
         )  # fmt: skip
+        return evals, nuts_evals
+
+    with jax.enable_x64(True):
+        evals, nuts_evals = both(jax.random.key(0))
     assert int(evals) == (7 + 5 * 2) * 3
     assert 7 + 5 * 2 <= int(nuts_evals) <= (7 + 5 * 2) * 2**10
 
@@ -90,7 +95,9 @@ def test_samplers_take_pytrees_and_padded_clients():
         samplers.sgld(3, 0.1, 2, burnin_steps=2, thinning=2),
         samplers.hmc(3, 0.1, 2, burnin_steps=2),
     ):
-        out = s.sample(jax.random.key(1), m.loss, prob.init_params, client)
+        out = jax.jit(lambda k, s=s: s.sample(k, m.loss, prob.init_params, client))(
+            jax.random.key(1)
+        )
         shapes = jax.tree.map(lambda a: a.shape, out)
         want = jax.tree.map(lambda a: (3, *a.shape), prob.init_params)
         assert shapes == want
