@@ -329,8 +329,11 @@ def test_declared_figures_get_a_caption_and_label():
     own = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
     own.outputs = [image]
     own.metadata["mystnb"] = {"figure": {"caption": "Mine", "name": "mine"}}
-    nb = nbformat.v4.new_notebook(cells=[saves, undeclared, own])
+    two = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
+    two.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "{}"}), image]
+    nb = nbformat.v4.new_notebook(cells=[saves, undeclared, own, two])
     rp._caption_figures(nb, "tiny", ["fig_a"])
+    assert "mystnb" not in two.metadata  # the label would be duplicated on the text output
     figure = saves.metadata["mystnb"]["figure"]
     assert figure["name"] == "tiny-fig_a"
     assert "fedpa reproduce --only tiny" in figure["caption"]

@@ -706,21 +706,23 @@ def _caption_figures(nb, stem: str, figures: Sequence[str]) -> None:
     """Gives each declared figure's output a numbered caption and the label ``<stem>-<fig>``.
 
     Applies to a code cell that saves exactly one declared figure (``figures.save(fig,
-    "<name>", ...)``) and shows exactly one image, unless the cell sets its own
+    "<name>", ...)``) and whose only rich output is one image, unless the cell sets its own
     ``mystnb.figure``.
     """
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         names = [n for n in _SAVE_CALL.findall(cell.source) if n in figures]
-        images = [
+        # myst-nb puts the caption and label on every rich output of the cell, so the image
+        # must be the only one (streams do not count).
+        rich = [
             o
             for o in cell.get("outputs", [])
             if o.get("output_type") in ("display_data", "execute_result")
-            and any(k.startswith("image/") for k in o.get("data", {}))
         ]
+        single_image = len(rich) == 1 and any(k.startswith("image/") for k in rich[0]["data"])
         mystnb = cell.metadata.get("mystnb", {})
-        if len(names) != 1 or len(images) != 1 or "figure" in mystnb:
+        if len(names) != 1 or not single_image or "figure" in mystnb:
             continue
         fig = names[0]
         mystnb["figure"] = {
