@@ -111,9 +111,9 @@ def test_covariance_ellipse_lies_on_the_mahalanobis_circle():
 
 
 def test_delta_timings_dp_agrees_with_direct():
-    table = studies.delta_timings(jax.random.key(0), [5, 40], num_samples=6, rho=0.3, repeats=2)
+    table = studies.delta_timings(jax.random.key(0), [24], num_samples=6, rho=0.3, repeats=3)
     assert set(table.method) == {"dynamic program", "direct solve"}
-    assert len(table) == 2 * 2 * 2
+    assert len(table) == 2 * 3
     assert (table.seconds > 0).all()
     assert table.rel_diff.max() < 1e-4
     with pytest.raises(ValueError, match="dims"):
