@@ -304,12 +304,14 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
     assert (root / "_build" / "failed" / "tiny.ipynb").is_file()
 
 
-def test_parallel_jobs_keep_the_books_order(root, tmp_path):
+def test_parallel_jobs_keep_the_books_order(root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (root / "book" / "tiny2.md").write_text(TINY.format(body=WRITE_FIGURE, stem="tiny2"))
     (root / "book" / "tiny2.yml").write_text(yaml.safe_dump(SPEC))
-    results = rp.reproduce(
-        profile="smoke", root=root, output_dir=tmp_path / "figs", jobs=2, progress=False
-    )
+    # relative paths must survive papermill's chdir in two threads
+    results = rp.reproduce(profile="smoke", root="repo", output_dir="figs", jobs=2, progress=False)
+    assert Path.cwd() == tmp_path
+    assert (tmp_path / "figs" / "tiny2" / "fig_a.png").is_file()
     assert [(r.stem, r.ok, r.figures) for r in results] == [
         ("tiny", True, ["fig_a.png"]),
         ("tiny2", True, ["fig_a.png"]),

@@ -1018,9 +1018,11 @@ def reproduce(
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise SpecError(f"jobs must be an integer >= 1, got {jobs!r}")
-    root = find_root(root) if root is None else Path(root)
-    build_dir = Path(build_dir) if build_dir is not None else root / "_build"
-    output_dir = Path(output_dir) if output_dir is not None else root / "figures"
+    # Absolute paths: papermill changes the process's working directory while a notebook runs
+    # (and concurrent runs may restore it in any order), so nothing below may depend on it.
+    root = (find_root(root) if root is None else Path(root)).resolve()
+    build_dir = (Path(build_dir) if build_dir is not None else root / "_build").resolve()
+    output_dir = (Path(output_dir) if output_dir is not None else root / "figures").resolve()
     chapters = discover(root, only)
     if not chapters:
         raise SpecError(f"no chapters found in {root / 'book'} (book/<stem>.md + book/<stem>.yml)")
@@ -1048,11 +1050,15 @@ def reproduce(
             log(f"\n{err}\n", file=sys.stderr)
             return RunResult(chapter.stem, False, time.time() - start, [], error=str(err))
 
-    if jobs <= 1:
-        outcomes = [run_one(i, c) for i, c in enumerate(chapters)]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            outcomes = list(pool.map(run_one, range(len(chapters)), chapters))
+    cwd = os.getcwd()
+    try:
+        if jobs <= 1:
+            outcomes = [run_one(i, c) for i, c in enumerate(chapters)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                outcomes = list(pool.map(run_one, range(len(chapters)), chapters))
+    finally:
+        os.chdir(cwd)
     results = [r for r in outcomes if r is not None]
     _update_manifest(build_dir, profile, output_dir, results, resolved)
     return results
