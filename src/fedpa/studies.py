@@ -264,7 +264,7 @@ _DELTA_DP = jax.jit(posterior.delta)
 _DELTA_DIRECT = jax.jit(posterior.delta_direct)
 
 
-def _median_seconds(fn, args, repeats: int) -> list[float]:
+def _timed_calls(fn, args, repeats: int) -> list[float]:
     jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
     for _ in range(repeats):  # wall-clock timing: a host loop is the point here
@@ -314,7 +314,7 @@ def delta_timings(
         dp, direct = _DELTA_DP(*args), _DELTA_DIRECT(*args)
         rel = float(jnp.linalg.norm(dp - direct) / jnp.linalg.norm(direct))
         for method, fn in (("dynamic program", _DELTA_DP), ("direct solve", _DELTA_DIRECT)):
-            for r, seconds in enumerate(_median_seconds(fn, args, repeats)):
+            for r, seconds in enumerate(_timed_calls(fn, args, repeats)):
                 rows.append(
                     {
                         "dim": dim,
