@@ -216,6 +216,8 @@ def _problem(num_clients, dim, n=500):
             jax.random.key(0), num_clients=num_clients, samples_per_client=n, dim=dim,
             heterogeneity=1.0,
         )  # fmt: skip
+        # Generation is dispatched asynchronously: finish it here, not inside the first timing.
+        jax.block_until_ready(_PROBLEMS[key])
     return _PROBLEMS[key]
 
 
@@ -299,6 +301,7 @@ def bench_scaling(cfg, log) -> list[dict]:
         jax.random.key(0), num_clients=sc["clients"], samples_per_client=sc["n"], dim=sc["dim"],
         heterogeneity=1.0,
     )  # fmt: skip
+    jax.block_until_ready(problem)
     data_bytes = sum(int(a.nbytes) for a in jax.tree.leaves(problem.clients))
     rows = []
     for name, algo in algorithms(cfg.get("local_steps", 100), cfg.get("algorithms")).items():
