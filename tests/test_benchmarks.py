@@ -46,3 +46,41 @@ def test_markdown_has_the_three_tables(written):
 def test_unknown_profile_is_rejected():
     with pytest.raises(ValueError, match="profile must be one of"):
         rounds.run_benchmark("huge")
+
+
+# ------------------------------------------------------- speed internals keep the statistics
+
+
+def test_fast_minibatch_rows_are_uniform_and_independent():
+    import jax
+    import numpy as np
+
+    from fedpa import samplers
+
+    n, size = 7, 70_000
+    idx = np.asarray(samplers.minibatch_indices(jax.random.key(0), n, (size,)))
+    assert idx.min() == 0 and idx.max() == n - 1
+    counts = np.bincount(idx, minlength=n)
+    chi2 = ((counts - size / n) ** 2 / (size / n)).sum()
+    assert chi2 < 22.5  # chi-square, 6 dof: p ≈ 0.001
+    # consecutive rows are independent: the 49 ordered pairs are uniform too (48 dof)
+    pairs = np.bincount(idx[:-1] * n + idx[1:], minlength=n * n)
+    expected = (size - 1) / n**2
+    assert ((pairs - expected) ** 2 / expected).sum() < 84.0  # p ≈ 0.001
+    # different keys give different streams; the same key the same stream
+    other = np.asarray(samplers.minibatch_indices(jax.random.key(1), n, (size,)))
+    again = np.asarray(samplers.minibatch_indices(jax.random.key(0), n, (size,)))
+    assert np.mean(idx == other) < 0.2 and np.array_equal(idx, again)
+
+
+def test_mulhi_is_exact():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fedpa import samplers
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**32, 10_000, dtype=np.uint64)
+    b = rng.integers(1, 2**31, 10_000, dtype=np.uint64)
+    got = samplers._mulhi_u32(jnp.asarray(a.astype(np.uint32)), jnp.asarray(b.astype(np.uint32)))
+    np.testing.assert_array_equal(np.asarray(got).astype(np.uint64), (a * b) >> np.uint64(32))
