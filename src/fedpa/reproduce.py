@@ -1130,27 +1130,28 @@ def chapter_list(book_dir: str | os.PathLike = ".", *, skip: Iterable[str] = ("i
     for chapter in chapters:
         if chapter.stem in skip:
             continue
-        figs = ", ".join(f"`{f}`" for f in chapter.figures) or "no figures"
-        lines.append(f"1. {_doc_link(chapter.stem, in_toc)}: {figs}")
+        lines.append(f"1. {_doc_link(chapter.stem, in_toc)}")
     return "\n".join(lines) if lines else "*(no chapters yet)*"
 
 
 def figure_table(book_dir: str | os.PathLike = ".", output_dir: str = "figures") -> str:
-    """A MyST table of every declared figure, its chapter and the command that makes it.
+    """A MyST table: each chapter, the figures it writes and the command that makes them.
 
     Built from the ``book/*.yml`` specs at execution time, so it never goes stale.
     """
     chapters, in_toc = _book_chapters(book_dir)
     lines = [
-        f"| Figure (`{output_dir}/<chapter>/<figure>.png`) | Chapter | Command |",
+        f"| Chapter | Figures (`{output_dir}/<chapter>/<figure>.png`) | Command |",
         "| --- | --- | --- |",
     ]
     for chapter in chapters:
-        for fig in chapter.figures:
-            lines.append(
-                f"| `{chapter.stem}/{fig}` | {_doc_link(chapter.stem, in_toc)} "
-                f"| `fedpa reproduce --only {chapter.stem}` |"
-            )
+        if not chapter.figures:
+            continue
+        figs = ", ".join(f"`{fig}`" for fig in chapter.figures)
+        lines.append(
+            f"| {_doc_link(chapter.stem, in_toc)} | {figs} "
+            f"| `fedpa reproduce --only {chapter.stem}` |"
+        )
     if len(lines) == 2:
         lines.append("| (no figures declared yet) | | |")
     return "\n".join(lines)
