@@ -331,8 +331,8 @@ def test_declared_figures_get_a_caption_and_label():
     own = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
     own.outputs = [image]
     own.metadata["mystnb"] = {"figure": {"caption": "Mine", "name": "mine"}}
-    two = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
-    two.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "{}"}), image]
+    two = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")\nfig')
+    two.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "F"}), image]
     nb = nbformat.v4.new_notebook(cells=[saves, undeclared, own, two])
     rp._caption_figures(nb, "tiny", ["fig_a"])
     assert "mystnb" not in two.metadata  # the label would be duplicated on the text output
@@ -341,6 +341,20 @@ def test_declared_figures_get_a_caption_and_label():
     assert "fedpa reproduce --only tiny" in figure["caption"]
     assert "mystnb" not in undeclared.metadata
     assert own.metadata["mystnb"]["figure"] == {"caption": "Mine", "name": "mine"}
+
+
+def test_the_paths_returned_by_a_final_save_call_are_not_shown():
+    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "F"})
+    paths = nbformat.v4.new_output("execute_result", data={"text/plain": "{'png': PosixPath(..)}"})
+    cell = nbformat.v4.new_code_cell('fedpa.figures.save(\n    fig, "fig_a", chapter="tiny"\n)')
+    cell.outputs = [image, paths]
+    last_is_table = nbformat.v4.new_code_cell('fedpa.figures.save(fig, "fig_a")\ntable')
+    last_is_table.outputs = [image, paths]
+    nb = nbformat.v4.new_notebook(cells=[cell, last_is_table])
+    rp._finish_notebook(nb, "tiny", "smoke", {}, "book/tiny.md", ["fig_a"])
+    assert cell.outputs == [image]
+    assert cell.metadata["mystnb"]["figure"]["name"] == "tiny-fig_a"  # now the only output
+    assert last_is_table.outputs == [image, paths]  # not a save() result: kept
 
 
 def test_atomic_write_leaves_old_file_or_new_never_half(tmp_path, monkeypatch):

@@ -702,6 +702,30 @@ def _has_rerun_note(nb) -> bool:
 _SAVE_CALL = re.compile(r"\bsave\(\s*[\w.\[\]]+\s*,\s*[\"'](\w+)[\"']")
 
 
+def _ends_with_save_call(source: str) -> bool:
+    """Whether a cell's last statement is a bare ``...save(...)`` call (its value is shown)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics
+        return False
+    if not body or not isinstance(body[-1], ast.Expr) or not isinstance(body[-1].value, ast.Call):
+        return False
+    func = body[-1].value.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name == "save"
+
+
+def _drop_save_results(nb) -> None:
+    """Removes the ``{'png': PosixPath(...), ...}`` result that ends a ``figures.save`` cell.
+
+    It is the return value of :func:`fedpa.figures.save` (the paths written), shown only because
+    the call is the cell's last expression; the book shows the figure instead.
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "code" and _ends_with_save_call(cell.source):
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "execute_result"]
+
+
 def _caption_figures(nb, stem: str, figures: Sequence[str]) -> None:
     """Gives each declared figure's output a numbered caption and the label ``<stem>-<fig>``.
 
@@ -744,6 +768,7 @@ def _finish_notebook(
     """Tags the injected parameters cell, adds the "Rerun this page" note, captions figures."""
     import nbformat
 
+    _drop_save_results(nb)
     _caption_figures(nb, stem, figures)
 
     for cell in nb.cells:
