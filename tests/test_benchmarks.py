@@ -1,14 +1,10 @@
 """The benchmark script runs at tiny sizes and writes valid JSON and markdown (not timed)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
-
-from benchmarks import rounds  # noqa: E402
+from benchmarks import rounds  # the repo root is on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.fixture(scope="module")
