@@ -28,9 +28,6 @@ stochastic FedAvg with all clients is the same point.
 
 from __future__ import annotations
 
-import dataclasses
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,36 +37,9 @@ from jax.flatten_util import ravel_pytree
 from . import _validate
 from .algorithms import Algorithm
 from .problems import FederatedProblem
-from .run import _check_params_like, _default_optimizer, server
+from .run import _check_params_like, _run_compiled, check_run_args, run_many, server, stack_problems
 
 __all__ = ["trajectory", "trajectories", "fedavg_fixed_point", "relative_distance"]
-
-
-@partial(
-    jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"),
-)
-def _trajectory_compiled(key, params, problem, *, algorithm, rounds, clients_per_round, optimizer):
-    phases = []
-    burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
-    if burnin:
-        phases.append((algorithm.burnin_update, burnin))
-    if rounds - burnin:
-        phases.append((algorithm.client_update, rounds - burnin))
-    keys = jax.random.split(key, rounds)
-    state = server(algorithm.client_update, clients_per_round, optimizer).init(params)
-    path, start = [ravel_pytree(params)[0][None]], 0
-    for update, length in phases:
-        srv = server(update, clients_per_round, optimizer)
-
-        def body(s, k, srv=srv):
-            s, _ = srv.step(s, k, problem)
-            return s, ravel_pytree(s.params)[0]
-
-        state, flat = jax.lax.scan(body, state, keys[start : start + length])
-        path.append(flat)
-        start += length
-    return jnp.concatenate(path)
 
 
 def trajectory(
@@ -93,59 +63,27 @@ def trajectory(
       round ``r`` (flattened with ``ravel_pytree``). Row ``rounds`` equals ``fedpa.run(...)``'s
       final params for the same arguments.
     """
-    if not isinstance(algorithm, Algorithm):
-        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
-    if not isinstance(problem, FederatedProblem):
-        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
-    rounds = _validate.integer("rounds", rounds, minimum=1)
-    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
-    if clients_per_round > problem.num_clients:
-        raise ValueError(
-            f"clients_per_round={clients_per_round} exceeds num_clients={problem.num_clients}"
-        )
-    if key is None:
-        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
-    if server_optimizer is None:
-        server_optimizer = _default_optimizer()
-    if not isinstance(server_optimizer, optax.GradientTransformation):
-        raise ValueError(
-            "server_optimizer must be an optax.GradientTransformation, "
-            f"got {type(server_optimizer).__name__}"
-        )
+    rounds, clients_per_round, server_optimizer = check_run_args(
+        algorithm, problem, rounds, clients_per_round, server_optimizer, key
+    )
     params = problem.init_params if init_params is None else init_params
     _check_params_like(params, problem.init_params)
     params = jax.tree.map(
         lambda p, r: jnp.asarray(p, jnp.result_type(r)), params, problem.init_params
     )
-    path = _trajectory_compiled(
+    state = server(algorithm.client_update, clients_per_round, server_optimizer).init(params)
+    _, history = _run_compiled(
         key,
-        params,
+        state,
         problem,
         algorithm=algorithm,
         rounds=rounds,
         clients_per_round=clients_per_round,
         optimizer=server_optimizer,
+        chunk=None,
+        trace_params=True,
     )
-    return np.asarray(path)
-
-
-@partial(
-    jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"),
-)
-def _trajectories_compiled(keys, problems, *, algorithm, rounds, clients_per_round, optimizer):
-    def one(key, problem):
-        return _trajectory_compiled(
-            key,
-            problem.init_params,
-            problem,
-            algorithm=algorithm,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=optimizer,
-        )
-
-    return jax.vmap(one)(keys, problems)
+    return np.concatenate([np.asarray(ravel_pytree(params)[0])[None], history["params"]])
 
 
 def trajectories(
@@ -169,49 +107,20 @@ def trajectories(
       ``trajectory(algorithm, problems[j], ..., key=split(key)[j])`` up to float rounding.
     """
     problems = list(problems)
-    if not problems:
-        raise ValueError("problems must hold at least one problem, got none")
-    for j, p in enumerate(problems):
-        if not isinstance(p, FederatedProblem):
-            raise ValueError(f"problems[{j}] must be a FederatedProblem, got {type(p).__name__}")
-    shapes = {
-        tuple(np.shape(x) for x in jax.tree.leaves(dataclasses.replace(p, name="")))
-        for p in problems
-    }
-    if len(shapes) != 1:
-        raise ValueError("problems must all have arrays of the same shapes to be run together")
-    rounds = _validate.integer("rounds", rounds, minimum=1)
-    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
-    if clients_per_round > problems[0].num_clients:
-        raise ValueError(
-            f"clients_per_round={clients_per_round} exceeds num_clients={problems[0].num_clients}"
-        )
     if key is None:
         raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
-    if server_optimizer is None:
-        server_optimizer = _default_optimizer()
-    if not isinstance(server_optimizer, optax.GradientTransformation):
-        raise ValueError(
-            "server_optimizer must be an optax.GradientTransformation, "
-            f"got {type(server_optimizer).__name__}"
-        )
-    if not isinstance(algorithm, Algorithm):
-        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
-    same = [dataclasses.replace(p, name="batch") for p in problems]
-    try:
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *same)
-    except ValueError as err:
-        raise ValueError(f"problems must share their loss and objective functions: {err}") from None
-    keys = jax.random.split(key, len(problems))
-    path = _trajectories_compiled(
-        keys,
+    stacked = stack_problems(problems)
+    history = run_many(
+        algorithm,
         stacked,
-        algorithm=algorithm,
-        rounds=rounds,
-        clients_per_round=clients_per_round,
-        optimizer=server_optimizer,
+        rounds,
+        clients_per_round,
+        server_optimizer,
+        jax.random.split(key, len(problems)),
+        trace_params=True,
     )
-    return np.asarray(path)
+    starts = jax.vmap(lambda p: ravel_pytree(p)[0])(stacked.init_params)
+    return np.concatenate([np.asarray(starts)[:, None], history["params"]], axis=1)
 
 
 @jax.jit

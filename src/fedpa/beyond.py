@@ -12,7 +12,6 @@ pandas is imported lazily (it belongs to the ``book`` extra).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -25,52 +24,11 @@ import optax
 from . import _validate, posterior, samplers
 from .algorithms import Algorithm
 from .problems import FederatedProblem
-from .run import ServerState, _default_optimizer, _run_compiled
+from .run import run_many, stack_problems
 
 __all__ = ["classification_runs", "sampler_delta_errors", "CLASSIFICATION_METRICS"]
 
 CLASSIFICATION_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "objective")
-
-
-@partial(jax.jit, static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"))
-def _run_many(keys, problems, *, algorithm, rounds, clients_per_round, optimizer):
-    def one(key, problem):
-        state = ServerState(
-            problem.init_params, optimizer.init(problem.init_params), jnp.zeros((), jnp.int32)
-        )
-        _, history = _run_compiled(
-            key,
-            state,
-            problem,
-            algorithm=algorithm,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=optimizer,
-            chunk=None,
-        )
-        return history
-
-    return jax.vmap(one)(keys, problems)
-
-
-def _stack_problems(problems: Sequence[FederatedProblem]) -> FederatedProblem:
-    first = problems[0]
-    renamed = []
-    for i, p in enumerate(problems):
-        if not isinstance(p, FederatedProblem):
-            raise ValueError(f"problems[{i}] must be a FederatedProblem, got {type(p).__name__}")
-        name = p.name
-        p = dataclasses.replace(p, name=first.name)  # names may differ; stacking needs one
-        renamed.append(p)
-        same_structure = jax.tree.structure(p) == jax.tree.structure(first)
-        shapes = [np.shape(x) for x in jax.tree.leaves(p)]
-        if not same_structure or shapes != [np.shape(x) for x in jax.tree.leaves(first)]:
-            raise ValueError(
-                f"problems[{i}] ({name}) must have the shapes, model and functions of "
-                f"problems[0] ({first.name}); build them with the same model and a common "
-                "pad_to (fedpa.data.classification_problem)"
-            )
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *renamed)
 
 
 def classification_runs(
@@ -124,34 +82,13 @@ def classification_runs(
         raise ValueError(
             f"labels must have one entry per problem ({len(problems)}), got {len(labels)}"
         )
-    rounds = _validate.integer("rounds", rounds, minimum=1)
-    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
-    if clients_per_round > problems[0].num_clients:
-        raise ValueError(
-            f"clients_per_round={clients_per_round} exceeds num_clients={problems[0].num_clients}"
-        )
-    if server_optimizer is None:
-        server_optimizer = _default_optimizer()
-    if not isinstance(server_optimizer, optax.GradientTransformation):
-        raise ValueError(
-            "server_optimizer must be an optax.GradientTransformation, "
-            f"got {type(server_optimizer).__name__}"
-        )
-    stacked = _stack_problems(problems)
+    stacked = stack_problems(problems)
     keys = jax.random.split(key, len(problems))
     import pandas as pd
 
     frames = []
     for label, algo in algorithms.items():
-        history = _run_many(
-            keys,
-            stacked,
-            algorithm=algo,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=server_optimizer,
-        )
-        history = {k: np.asarray(v) for k, v in history.items()}
+        history = run_many(algo, stacked, rounds, clients_per_round, server_optimizer, keys)
         finite = history["finite"]
         if not finite.all():
             j = int(np.argmin(finite.all(1)))

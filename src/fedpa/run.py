@@ -10,6 +10,7 @@ rounds; no host round-trip inside the loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -25,7 +27,17 @@ from . import _validate
 from .algorithms import Algorithm
 from .problems import FederatedProblem
 
-__all__ = ["ServerState", "Server", "Result", "DivergenceError", "server", "run"]
+__all__ = [
+    "ServerState",
+    "Server",
+    "Result",
+    "DivergenceError",
+    "server",
+    "run",
+    "run_many",
+    "stack_problems",
+    "check_run_args",
+]
 
 
 class ServerState(NamedTuple):
@@ -166,11 +178,34 @@ def server(
 
 @partial(
     jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "chunk", "mesh"),
+    static_argnames=(
+        "algorithm",
+        "rounds",
+        "clients_per_round",
+        "optimizer",
+        "chunk",
+        "mesh",
+        "trace_params",
+    ),
 )
 def _run_compiled(
-    key, state, problem, *, algorithm, rounds, clients_per_round, optimizer, chunk, mesh=None
+    key,
+    state,
+    problem,
+    *,
+    algorithm,
+    rounds,
+    clients_per_round,
+    optimizer,
+    chunk,
+    mesh=None,
+    trace_params=False,
 ):
+    """The round loop: burn-in rounds, then the algorithm's rounds, each phase a ``lax.scan``.
+
+    With ``trace_params`` the history also holds ``"params"``: the flattened server model after
+    each round, ``(rounds, d)``.
+    """
     phases = []
     burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
     if burnin:
@@ -181,13 +216,147 @@ def _run_compiled(
     histories, start = [], 0
     for update, length in phases:
         srv = server(update, clients_per_round, optimizer, client_chunk_size=chunk, mesh=mesh)
-        state, hist = jax.lax.scan(
-            lambda s, k, srv=srv: srv.step(s, k, problem), state, keys[start : start + length]
-        )
+
+        def body(s, k, srv=srv):
+            s, hist = srv.step(s, k, problem)
+            if trace_params:
+                hist = {**hist, "params": ravel_pytree(s.params)[0]}
+            return s, hist
+
+        state, hist = jax.lax.scan(body, state, keys[start : start + length])
         histories.append(hist)
         start += length
     history = jax.tree.map(lambda *h: jnp.concatenate(h), *histories)
     return state, history
+
+
+@partial(
+    jax.jit,
+    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "trace_params"),
+)
+def _run_many_compiled(
+    keys, problems, *, algorithm, rounds, clients_per_round, optimizer, trace_params=False
+):
+    def one(key, problem):
+        state = ServerState(
+            problem.init_params, optimizer.init(problem.init_params), jnp.zeros((), jnp.int32)
+        )
+        _, history = _run_compiled(
+            key,
+            state,
+            problem,
+            algorithm=algorithm,
+            rounds=rounds,
+            clients_per_round=clients_per_round,
+            optimizer=optimizer,
+            chunk=None,
+            trace_params=trace_params,
+        )
+        return history
+
+    return jax.vmap(one)(keys, problems)
+
+
+def stack_problems(problems) -> FederatedProblem:
+    """Stacks same-shaped problems along a new leading axis (to ``vmap`` runs over them).
+
+    The problems must share shapes, model and functions. Their names may differ: the stack is
+    named ``"stacked"``, so that runs of problems that differ only in data share one compiled
+    loop (the name is static pytree metadata).
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("problems must hold at least one FederatedProblem, got none")
+    first = problems[0]
+    renamed = []
+    for i, p in enumerate(problems):
+        if not isinstance(p, FederatedProblem):
+            raise ValueError(f"problems[{i}] must be a FederatedProblem, got {type(p).__name__}")
+        q = dataclasses.replace(p, name="stacked")
+        same_structure = jax.tree.structure(q) == jax.tree.structure(renamed[0] if renamed else q)
+        shapes = [np.shape(x) for x in jax.tree.leaves(q)]
+        if not same_structure or shapes != [np.shape(x) for x in jax.tree.leaves(first)]:
+            raise ValueError(
+                f"problems[{i}] ({p.name}) must have the same shapes, model and functions as "
+                f"problems[0] ({first.name}) to be run together"
+            )
+        renamed.append(q)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *renamed)
+
+
+def run_many(
+    algorithm: Algorithm,
+    problems,
+    rounds: int,
+    clients_per_round: int,
+    server_optimizer: optax.GradientTransformation | None = None,
+    keys=None,
+    *,
+    trace_params: bool = False,
+) -> dict[str, np.ndarray]:
+    """Runs ``algorithm`` on several same-shaped problems in one compiled, ``vmap``-ed call.
+
+    Problem ``j`` runs from its own ``init_params`` with run key ``keys[j]`` and gets the history
+    that ``fedpa.run(algorithm, problems[j], ..., key=keys[j])`` returns.
+
+    Args:
+      problems: a :func:`stack_problems` stack, or a sequence of problems to stack.
+      keys: ``(num_problems,)`` PRNG keys (required).
+      trace_params: also return ``"params"``, the flattened server model after every round.
+
+    Returns:
+      ``{metric: (num_problems, rounds[, d])}`` NumPy arrays. Divergence is not checked: look
+      at ``"finite"``.
+    """
+    if not isinstance(problems, FederatedProblem):
+        problems = stack_problems(problems)
+    if keys is None:
+        raise ValueError("keys must be PRNG keys, one per problem, got None")
+    num = int(np.shape(problems.clients.num_examples)[0])
+    if np.shape(keys)[:1] != (num,):
+        raise ValueError(f"keys must hold one key per problem ({num}), got shape {np.shape(keys)}")
+    first = jax.tree.map(lambda a: a[0], problems)
+    rounds, clients_per_round, server_optimizer = check_run_args(
+        algorithm, first, rounds, clients_per_round, server_optimizer, keys
+    )
+    history = _run_many_compiled(
+        keys,
+        problems,
+        algorithm=algorithm,
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        optimizer=server_optimizer,
+        trace_params=trace_params,
+    )
+    return {k: np.asarray(v) for k, v in history.items()}
+
+
+def check_run_args(algorithm, problem, rounds, clients_per_round, server_optimizer, key):
+    """Validates the arguments shared by :func:`run` and its batched variants.
+
+    Returns:
+      ``(rounds, clients_per_round, server_optimizer)`` with the default optimizer filled in.
+    """
+    if not isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(problem, FederatedProblem):
+        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
+    rounds = _validate.integer("rounds", rounds, minimum=1)
+    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
+    if clients_per_round > problem.num_clients:
+        raise ValueError(
+            f"clients_per_round={clients_per_round} exceeds num_clients={problem.num_clients}"
+        )
+    if key is None:
+        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
+    if server_optimizer is None:
+        server_optimizer = _default_optimizer()
+    if not isinstance(server_optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "server_optimizer must be an optax.GradientTransformation, "
+            f"got {type(server_optimizer).__name__}"
+        )
+    return rounds, clients_per_round, server_optimizer
 
 
 def run(
@@ -230,29 +399,13 @@ def run(
     Returns:
       A :class:`Result`.
     """
-    if not isinstance(algorithm, Algorithm):
-        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
-    if not isinstance(problem, FederatedProblem):
-        raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
-    rounds = _validate.integer("rounds", rounds, minimum=1)
-    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
-    if clients_per_round > problem.num_clients:
-        raise ValueError(
-            f"clients_per_round={clients_per_round} exceeds num_clients={problem.num_clients}"
-        )
+    rounds, clients_per_round, server_optimizer = check_run_args(
+        algorithm, problem, rounds, clients_per_round, server_optimizer, key
+    )
     if client_chunk_size is not None:
         client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
     if mesh is not None and not isinstance(mesh, Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
-    if key is None:
-        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
-    if server_optimizer is None:
-        server_optimizer = _default_optimizer()
-    if not isinstance(server_optimizer, optax.GradientTransformation):
-        raise ValueError(
-            "server_optimizer must be an optax.GradientTransformation, "
-            f"got {type(server_optimizer).__name__}"
-        )
     if state is None:
         params = problem.init_params if init_params is None else init_params
         _check_params_like(params, problem.init_params)

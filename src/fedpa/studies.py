@@ -18,7 +18,6 @@ pandas is imported lazily (it belongs to the ``book`` extra).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -32,7 +31,7 @@ import optax
 from . import _validate, posterior
 from .algorithms import Algorithm
 from .problems import FederatedProblem, GaussianPosterior
-from .run import ServerState, _default_optimizer, _run_compiled
+from .run import _default_optimizer, run_many, stack_problems
 
 __all__ = [
     "exact_delta",
@@ -331,35 +330,6 @@ def delta_timings(
 # ------------------------------------------------------------------ federated convergence
 
 
-@partial(
-    jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer"),
-)
-def _run_seeds(keys, problems, *, algorithm, rounds, clients_per_round, optimizer):
-    """``fedpa.run``'s compiled loop, ``vmap``-ed over (run key, problem) pairs."""
-
-    def one(key, problem):
-        opt_state = optimizer.init(problem.init_params)
-        state = ServerState(problem.init_params, opt_state, jnp.zeros((), jnp.int32))
-        _, history = _run_compiled(
-            key,
-            state,
-            problem,
-            algorithm=algorithm,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=optimizer,
-            chunk=None,
-        )
-        return history
-
-    return jax.vmap(one)(keys, problems)
-
-
-def _stack(trees):
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
 def convergence(
     algorithms: Mapping[str, Algorithm] | Sequence[Algorithm],
     make_problem: Callable[[Any], FederatedProblem],
@@ -434,9 +404,7 @@ def convergence(
     clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
     if clients_per_round > num_clients:
         raise ValueError(f"clients_per_round={clients_per_round} exceeds num_clients={num_clients}")
-    # The problem's name is static pytree metadata: a constant name lets runs of problems that
-    # differ only in data (e.g. heterogeneity) share one compiled loop.
-    problems = _stack([dataclasses.replace(p, name="study") for p in problem_list])
+    problems = stack_problems(problem_list)  # one compiled loop for all seeds and calls
     optimum_values = np.asarray(
         jax.vmap(lambda p: p.objective(p.global_optimum()))(problems), dtype=np.float64
     )
@@ -444,14 +412,7 @@ def convergence(
     pd = _pandas()
     frames = []
     for label, algo in algorithms.items():
-        history = _run_seeds(
-            run_keys,
-            problems,
-            algorithm=algo,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=optimizers[label],
-        )
+        history = run_many(algo, problems, rounds, clients_per_round, optimizers[label], run_keys)
         dist = np.asarray(history["dist_to_optimum"], dtype=np.float64)  # (seeds, rounds)
         obj = np.asarray(history["objective"], dtype=np.float64)
         frame = pd.DataFrame(
