@@ -46,6 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .figures import atomic_write as _atomic_write
+
 __all__ = [
     "TYPES",
     "PROFILES",
@@ -830,29 +832,6 @@ def check_figures(chapter: Chapter, output_dir: str | os.PathLike, since: float 
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.glob("*.png") if p.stat().st_mtime >= since)
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    """Writes ``text`` through a temporary file in the same folder and ``os.replace``.
-
-    A crash or an interrupt leaves either the old file or the new one, never half of one; the
-    file is world-readable (``0o644``) like any other build output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _relative(path: Path, start: Path) -> str:
