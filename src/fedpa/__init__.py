@@ -8,6 +8,8 @@ Public names::
     fedpa.minibatch_sgd, fedpa.fedavg, fedpa.fedpa, fedpa.fedpa_exact, fedpa.fedpa_iasg,
     fedpa.with_burnin   algorithms (client updates)
     fedpa.run           the compiled round loop -> Result(params, history, state)
+    fedpa.run_many      the same loop vmapped over same-shaped problems (seeds, sweeps)
+    fedpa.server        one round as a kernel: init(params) -> state, step(state, key, problem)
     fedpa.analysis      per-round trajectories, FedAvg's exact fixed point on quadratics
     fedpa.plots         the book's plotting helpers (contours, trajectories, animations)
     fedpa.models        logistic regression and an MLP (init, apply, masked loss)
@@ -35,7 +37,7 @@ from .algorithms import (
     minibatch_sgd,
     with_burnin,
 )
-from .run import DivergenceError, Result, ServerState, run, server
+from .run import DivergenceError, Result, ServerState, run, run_many, server, stack_problems
 
 __version__ = "0.1.0"
 
@@ -58,8 +60,10 @@ __all__ = [
     "posterior",
     "problems",
     "run",
+    "run_many",
     "samplers",
     "server",
+    "stack_problems",
     "studies",
     "with_burnin",
 ]
