@@ -123,6 +123,7 @@ def server(
     chunk = -(-min(chunk, clients_per_round) // num_devices) * num_devices
     num_chunks = -(-clients_per_round // chunk)
     pad = num_chunks * chunk - clients_per_round
+    mesh_axes = None if mesh is None else tuple(mesh.axis_names)
 
     def shard(x, spec):
         if mesh is None:
@@ -172,7 +173,6 @@ def server(
         new_state = ServerState(params, opt_state, state.round + 1)
         return new_state, metrics(problem, params)
 
-    mesh_axes = None if mesh is None else tuple(mesh.axis_names)
     return Server(init, step)
 
 
