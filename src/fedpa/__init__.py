@@ -4,32 +4,37 @@ Public names::
 
     fedpa.problems      federated problems (least squares, quadratics)
     fedpa.posterior     shrinkage covariance and the FedPA delta (dynamic program)
-    fedpa.samplers      local posterior samplers (exact Gaussian, IASG)
+    fedpa.samplers      local posterior samplers as pytrees (IASG, SGLD, HMC/NUTS, exact Gaussian)
+    fedpa.updates       client updates as pytrees, and their constructors:
     fedpa.minibatch_sgd, fedpa.fedavg, fedpa.fedpa, fedpa.fedpa_exact, fedpa.fedpa_iasg,
-    fedpa.with_burnin   algorithms (client updates)
+    fedpa.with_burnin
+    fedpa.server        one round as a kernel: init(params) -> state, step(key, state, problem)
+    fedpa.run_rounds    the pure, jittable loop over rounds
     fedpa.run           the compiled round loop -> Result(params, history, state)
-    fedpa.run_many      the same loop vmapped over same-shaped problems (seeds, sweeps)
-    fedpa.server        one round as a kernel: init(params) -> state, step(state, key, problem)
-    fedpa.analysis      per-round trajectories, FedAvg's exact fixed point on quadratics
-    fedpa.plots         the book's plotting helpers (contours, trajectories, animations)
+    fedpa.sweep         a grid of hyperparameters × seeds in one compile -> SweepResult
+    fedpa.theory        FedAvg's exact fixed point on quadratics, relative distances
     fedpa.models        logistic regression and an MLP (init, apply, masked loss)
     fedpa.data          federated digits (Dirichlet split), TFF EMNIST HDF5, classification problems
+
+Hyperparameters are data: algorithms and samplers are pytrees whose float hyperparameters are
+traced leaves, so new values never recompile. The book's machinery lives in ``fedpa_book``,
+which this package never imports.
 """
 
-from . import (
-    algorithms,
-    analysis,
-    data,
-    figures,
-    models,
-    plots,
-    posterior,
-    problems,
-    samplers,
-    studies,
+from . import data, models, posterior, problems, samplers, theory, updates
+from .rounds import (
+    DivergenceError,
+    Result,
+    Server,
+    ServerState,
+    default_server_optimizer,
+    run,
+    run_rounds,
+    server,
 )
-from .algorithms import (
-    Algorithm,
+from .sweeps import SweepResult, grid_configs, stack_problems, sweep
+from .updates import (
+    ClientUpdate,
     fedavg,
     fedpa,
     fedpa_exact,
@@ -37,33 +42,34 @@ from .algorithms import (
     minibatch_sgd,
     with_burnin,
 )
-from .run import DivergenceError, Result, ServerState, run, run_many, server, stack_problems
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Algorithm",
+    "ClientUpdate",
     "DivergenceError",
     "Result",
+    "Server",
     "ServerState",
-    "algorithms",
-    "analysis",
+    "SweepResult",
     "data",
+    "default_server_optimizer",
     "fedavg",
     "fedpa",
     "fedpa_exact",
     "fedpa_iasg",
-    "figures",
+    "grid_configs",
     "minibatch_sgd",
     "models",
-    "plots",
     "posterior",
     "problems",
     "run",
-    "run_many",
+    "run_rounds",
     "samplers",
     "server",
     "stack_problems",
-    "studies",
+    "sweep",
+    "theory",
+    "updates",
     "with_burnin",
 ]

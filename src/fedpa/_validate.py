@@ -38,8 +38,11 @@ def real(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> Any:
-    """Checks a real scalar against ``[low, high]`` (or ``(low, high]``); traced values pass."""
+    """Checks a real scalar against ``[low, high]`` (``low_open``/``high_open``: open ends).
+
+    Traced values pass unchecked (they cannot be inspected without compute)."""
     v = concrete(value)
     if v is None:
         return value
@@ -54,18 +57,18 @@ def real(
     if not np.isfinite(f):
         raise ValueError(f"{name} must be finite, got {name}={f}")
     left = "(" if low_open else "["
-    if low is not None and (f <= low if low_open else f < low):
-        bound = f"{left}{low}, {high if high is not None else 'inf'}" + ("]" if high else ")")
+    right = ")" if high_open or high is None else "]"
+    bound = f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{right}"
+    too_low = low is not None and (f <= low if low_open else f < low)
+    too_high = high is not None and (f >= high if high_open else f > high)
+    if too_low or too_high:
         raise ValueError(f"{name} must be in {bound}, got {name}={f}")
-    if high is not None and f > high:
-        lo = low if low is not None else "-inf"
-        raise ValueError(f"{name} must be in {left}{lo}, {high}], got {name}={f}")
     return value
 
 
 def rho(value: Any) -> Any:
-    """The shrinkage parameter ``rho`` must lie in ``[0, 1]``."""
-    return real("rho", value, low=0.0, high=1.0)
+    """The shrinkage parameter ``rho``: any finite value ``>= 0`` (the paper's definition)."""
+    return real("rho", value, low=0.0)
 
 
 def samples_matrix(samples: Any, *, name: str = "samples") -> tuple[int, int]:

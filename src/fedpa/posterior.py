@@ -15,11 +15,20 @@ paper's dynamic program: Sherman–Morrison updates, one per sample, in ``O(ℓ�
 ``O(ℓ d)`` memory, never forming a ``d × d`` matrix. :func:`delta_direct` forms
 :math:`\hat\Sigma` and solves, for testing and for the cost comparison in the book.
 
-``rho = 0`` gives :math:`\hat\Sigma = I` (the delta is ``x - μ̂``, FedAvg-like); ``rho = 1``
-gives the most weight to the sample covariance, :math:`\rho_\ell = 1/\ell`.
+``rho`` is any value ``>= 0``, as in the paper: ``rho = 0`` gives :math:`\hat\Sigma = I` (the
+delta is ``x - μ̂``, the server model minus the *mean of the samples*); ``rho = 1`` gives
+:math:`\rho_\ell = 1/\ell`; as ``rho → ∞`` the estimate tends to the sample covariance ``S``
+(singular when ``ℓ ≤ d``, so keep ``rho`` finite).
+
+``target="scaled_identity"`` shrinks towards ``(tr S / d) I`` instead of ``I`` (Ledoit & Wolf's
+target): :math:`\hat\Sigma = \rho_\ell \tfrac{\operatorname{tr} S}{d} I + (1 - \rho_\ell) S`.
+It is invariant to the scale of the samples (samples ``c·x_j`` give ``c²·Σ̂``), which matters
+when the sampler's covariance has the posterior's shape at another scale (IASG).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +36,17 @@ from jax import lax
 
 from . import _validate
 
-__all__ = ["shrinkage_weight", "shrinkage_covariance", "delta", "delta_direct"]
+__all__ = [
+    "TARGETS",
+    "delta_unchecked",
+    "shrinkage_weight",
+    "shrinkage_covariance",
+    "delta",
+    "delta_direct",
+]
+
+TARGETS = ("identity", "scaled_identity")
+"""Shrinkage targets: ``I``, or ``(tr S / d) I``."""
 
 
 def shrinkage_weight(num_samples: int, rho):
@@ -40,12 +59,28 @@ def _moments(samples):
     return mean, samples - mean
 
 
-def shrinkage_covariance(samples, rho):
-    """Shrinkage covariance ``ρ_ℓ I + (1 - ρ_ℓ) S`` of ``samples``.
+def _target_scale(centered, target: str):
+    """The multiple of ``I`` that Σ̂ shrinks towards: ``1``, or ``tr S / d`` (``1`` when ``S = 0``)."""
+    if target == "identity":
+        return jnp.ones((), centered.dtype)
+    num, dim = centered.shape
+    trace = jnp.sum(centered * centered) / ((num - 1) * dim)
+    return jnp.where(trace > 0, trace, jnp.ones((), centered.dtype))
+
+
+def _check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
+
+
+def shrinkage_covariance(samples, rho, *, target: str = "identity"):
+    """Shrinkage covariance ``ρ_ℓ τ I + (1 - ρ_ℓ) S`` of ``samples`` (``τ = 1`` or ``tr S / d``).
 
     Args:
       samples: ``(ℓ, d)`` array, ``ℓ >= 2``.
-      rho: shrinkage parameter in ``[0, 1]``.
+      rho: shrinkage parameter, ``>= 0``.
+      target: ``"identity"`` (``τ = 1``, the paper's) or ``"scaled_identity"`` (``τ = tr S/d``).
 
     Returns:
       ``(d, d)`` covariance estimate; ``S`` is the unbiased sample covariance (divides by
@@ -53,23 +88,25 @@ def shrinkage_covariance(samples, rho):
     """
     num, dim = _validate.samples_matrix(samples)
     _validate.rho(rho)
-    return _shrinkage_covariance(jnp.asarray(samples), rho)
+    return _shrinkage_covariance(jnp.asarray(samples), rho, _check_target(target))
 
 
-@jax.jit
-def _shrinkage_covariance(samples, rho):
+@partial(jax.jit, static_argnums=2)
+def _shrinkage_covariance(samples, rho, target="identity"):
     num, dim = samples.shape
     _, centered = _moments(samples)
     sample_cov = centered.T @ centered / (num - 1)
     weight = shrinkage_weight(num, rho)
-    return weight * jnp.eye(dim, dtype=samples.dtype) + (1.0 - weight) * sample_cov
+    scale = _target_scale(centered, target)
+    return weight * scale * jnp.eye(dim, dtype=samples.dtype) + (1.0 - weight) * sample_cov
 
 
-def delta(samples, x, rho):
+def delta(samples, x, rho, *, target: str = "identity"):
     """FedPA client delta ``Σ̂⁻¹ (x - μ̂)`` by the dynamic program (``O(ℓ² d)``, no ``d × d``).
 
-    ``Σ̂ = a I + b Σ_j u_j u_jᵀ`` with ``a = ρ_ℓ``, ``b = (1 - ρ_ℓ) / (ℓ - 1)`` and
-    ``u_j = x_j - μ̂``. Adding the rank-one terms one sample at a time, Sherman–Morrison gives
+    ``Σ̂ = a I + b Σ_j u_j u_jᵀ`` with ``a = ρ_ℓ τ``, ``b = (1 - ρ_ℓ) / (ℓ - 1)`` and
+    ``u_j = x_j - μ̂`` (``τ = 1``, or ``tr S / d`` for ``target="scaled_identity"``). Adding the
+    rank-one terms one sample at a time, Sherman–Morrison gives
     ``M_k⁻¹ v = v / a - Σ_{j ≤ k} γ_j g_j (g_jᵀ v)`` with ``g_k = M_{k-1}⁻¹ u_k`` and
     ``γ_k = b / (1 + b u_kᵀ g_k)``; step ``k`` costs ``O(k d)``. The loop over samples is a
     ``lax.scan`` holding the ``(ℓ, d)`` buffer of ``g`` vectors.
@@ -77,7 +114,9 @@ def delta(samples, x, rho):
     Args:
       samples: ``(ℓ, d)`` approximate posterior samples, ``ℓ >= 2``.
       x: ``(d,)`` the current server model.
-      rho: shrinkage parameter in ``[0, 1]``.
+      rho: shrinkage parameter, ``>= 0`` (``ρ = 0``: ``a = τ``, ``b = 0``; the delta is
+        ``(x - μ̂) / τ``).
+      target: the shrinkage target, one of :data:`TARGETS`.
 
     Returns:
       ``(d,)`` the delta.
@@ -85,17 +124,18 @@ def delta(samples, x, rho):
     num, dim = _validate.samples_matrix(samples)
     _validate.vector("x", x, dim)
     _validate.rho(rho)
-    return _delta_dp(jnp.asarray(samples), jnp.asarray(x), rho)
+    return delta_unchecked(jnp.asarray(samples), jnp.asarray(x), rho, _check_target(target))
 
 
-@jax.jit
-def _delta_dp(samples, x, rho):
-    """Unchecked dynamic program; see :func:`delta`."""
+@partial(jax.jit, static_argnums=3)
+def delta_unchecked(samples, x, rho, target: str = "identity"):
+    """:func:`delta` without argument checks, for use inside compiled code (``rho`` may be
+    traced; ``target`` is static)."""
     num, dim = samples.shape
     weight = shrinkage_weight(num, rho)
-    a = weight
-    b = (1.0 - weight) / (num - 1)
     mean, centered = _moments(samples)
+    a = weight * _target_scale(centered, target)
+    b = (1.0 - weight) / (num - 1)
     dtype = samples.dtype
 
     def add_sample(carry, k):
@@ -112,15 +152,15 @@ def _delta_dp(samples, x, rho):
     return v / a - (gammas * (g_buf @ v)) @ g_buf
 
 
-def delta_direct(samples, x, rho):
+def delta_direct(samples, x, rho, *, target: str = "identity"):
     """Reference delta: forms ``Σ̂`` (``d × d``) and solves. ``O(ℓ d² + d³)``; for tests."""
     num, dim = _validate.samples_matrix(samples)
     _validate.vector("x", x, dim)
     _validate.rho(rho)
-    return _delta_direct(jnp.asarray(samples), jnp.asarray(x), rho)
+    return _delta_direct(jnp.asarray(samples), jnp.asarray(x), rho, _check_target(target))
 
 
-@jax.jit
-def _delta_direct(samples, x, rho):
-    cov = _shrinkage_covariance(samples, rho)
+@partial(jax.jit, static_argnums=3)
+def _delta_direct(samples, x, rho, target="identity"):
+    cov = _shrinkage_covariance(samples, rho, target)
     return jax.scipy.linalg.solve(cov, x - jnp.mean(samples, axis=0), assume_a="pos")

@@ -147,7 +147,10 @@ class FederatedProblem:
 jax.tree_util.register_dataclass(
     FederatedProblem,
     data_fields=["clients", "init_params", "optimum", "objective_data"],
-    meta_fields=["loss_fn", "objective_fn", "name", "metrics_fn"],
+    meta_fields=["loss_fn", "objective_fn", "metrics_fn"],
+    # The name is a label, not structure: problems that differ only in name share compiled code
+    # (a tree operation, e.g. jit's output or stacking, resets it to "problem").
+    drop_fields=["name"],
 )
 
 

@@ -1,16 +1,21 @@
-"""Local posterior samplers: pure kernels with explicit PRNG keys.
+"""Local posterior samplers: pytrees of hyperparameters with a pure ``sample`` method.
 
-Every sampler is a :class:`Sampler`: a number of samples and a pure function
+Every sampler is a :class:`Sampler`, a frozen dataclass registered as a pytree: its float
+hyperparameters (step sizes, temperatures, momentum) are leaves, traced by ``jit`` and batched by
+``vmap``; the integers that fix array shapes (samples, steps, batch size, chains) are static.
+One method does the work, in blackjax's spirit (numbers as data, structure closed over)::
 
-``sample(key, loss_fn, params, client) -> samples``
+    samples, info = sampler.sample(key, loss_fn, params, client)
 
-where ``params`` is the current server model (the starting point of local inference), ``client``
-is one client's :class:`~fedpa.problems.Clients` record (unstacked), ``loss_fn(params, batch)`` the
-average loss over a batch, and ``samples`` a pytree shaped like ``params`` with a leading axis of
-``num_samples``. FedPA only sees this signature, so samplers are interchangeable.
+``params`` is the current server model (the starting point of local inference), ``client`` one
+client's :class:`~fedpa.problems.Clients` record (unstacked), ``loss_fn(params, batch)`` the
+average loss over a batch, ``samples`` a pytree shaped like ``params`` with a leading axis of
+``num_samples``, and ``info`` a :class:`SamplerInfo` with the local compute spent (so budgets
+can be matched without re-implementing a sampler).
 
-The building block of SGD-based samplers is :func:`sgd_steps`, a ``lax.scan`` over local SGD
-steps on mini-batches drawn with replacement from the client's valid examples.
+The building block of the SGD-based samplers is :func:`sgd_steps`, a ``lax.scan`` over local
+SGD steps (optionally with heavy-ball momentum) on mini-batches drawn with replacement from the
+client's valid examples.
 """
 
 from __future__ import annotations
@@ -21,24 +26,59 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from . import _validate
+from ._pytree import pytree_dataclass, static
 
-__all__ = ["Sampler", "exact_gaussian", "iasg", "sgd_steps", "minibatch_indices"]
+__all__ = [
+    "Sampler",
+    "SamplerInfo",
+    "IASG",
+    "SGLD",
+    "HMC",
+    "ExactGaussian",
+    "iasg",
+    "sgld",
+    "hmc",
+    "nuts",
+    "exact_gaussian",
+    "hmc_chain",
+    "sgd_steps",
+    "minibatch_indices",
+    "hash_bits",
+]
 
 
-class Sampler(NamedTuple):
-    """A local posterior sampler.
+class SamplerInfo(NamedTuple):
+    """The local compute one ``sample`` call spent.
 
     Attributes:
-      num_samples: ``ℓ``, how many samples one call returns.
-      sample: ``(key, loss_fn, params, client) -> samples`` (leading axis ``ℓ``).
-      name: a short label.
+      num_grad_evals: gradient evaluations (one per mini-batch or full-data gradient), int32.
+      num_example_grads: per-example gradients, ``num_grad_evals`` times the examples per
+        gradient (the batch size, or the client's examples for full-data samplers), int32.
+    """
+
+    num_grad_evals: jax.Array
+    num_example_grads: jax.Array
+
+
+def _info(grad_evals, examples_per_grad) -> SamplerInfo:
+    evals = jnp.asarray(grad_evals, jnp.int32)
+    return SamplerInfo(evals, evals * jnp.asarray(examples_per_grad, jnp.int32))
+
+
+class Sampler:
+    """Base class of local posterior samplers (see the module docstring).
+
+    Subclasses are :func:`~fedpa._pytree.pytree_dataclass` es with a static ``num_samples``
+    field and a ``sample(key, loss_fn, params, client) -> (samples, SamplerInfo)`` method.
     """
 
     num_samples: int
-    sample: Callable[..., Any]
-    name: str = "sampler"
+
+    def sample(self, key, loss_fn, params, client) -> tuple[Any, SamplerInfo]:
+        raise NotImplementedError
 
 
 def _mix32(x):
@@ -96,44 +136,139 @@ def _gather(data, idx):
     return jax.tree.map(lambda a: a[idx], data)
 
 
-def sgd_steps(loss_fn, params, data, indices, learning_rate, *, unroll: int = 1):
-    """Plain SGD over the mini-batches ``data[indices[t]]``, ``t = 0 … T-1``.
+class SGDState(NamedTuple):
+    """An SGD chain's state: the iterate and the heavy-ball velocity (``None`` without momentum)."""
+
+    params: Any
+    velocity: Any = None
+
+
+def _sgd_step(loss_fn, data, learning_rate, momentum):
+    """One SGD step on ``data[idx]``: ``v ← m v + g``, ``x ← x - η v`` (plain SGD: ``v = g``)."""
+    grad_fn = jax.grad(loss_fn)
+
+    def step(state: SGDState, idx) -> SGDState:
+        g = grad_fn(state.params, _gather(data, idx))
+        if state.velocity is not None:
+            g = jax.tree.map(lambda v, gw: momentum * v + gw, state.velocity, g)
+        p = jax.tree.map(lambda w, gw: w - learning_rate * gw, state.params, g)
+        return SGDState(p, None if state.velocity is None else g)
+
+    return step
+
+
+def _sgd_init(params, momentum) -> SGDState:
+    return SGDState(params, None if momentum is None else jax.tree.map(jnp.zeros_like, params))
+
+
+def sgd_steps(loss_fn, params, data, indices, learning_rate, *, momentum=None, unroll: int = 1):
+    """SGD over the mini-batches ``data[indices[t]]``, ``t = 0 … T-1``.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
       params: starting point (pytree).
       data: a client's data pytree, leaves ``(n, ...)``.
       indices: ``(T, batch_size)`` int mini-batch rows.
-      learning_rate: step size.
+      learning_rate: step size (may be traced).
+      momentum: heavy-ball momentum in ``[0, 1)`` (may be traced), or ``None`` for plain SGD.
       unroll: ``lax.scan`` unroll factor.
 
     Returns:
       The final iterate.
     """
-    grad_fn = jax.grad(loss_fn)
-
-    def step(p, idx):
-        g = grad_fn(p, _gather(data, idx))
-        return jax.tree.map(lambda w, gw: w - learning_rate * gw, p, g), None
-
-    params, _ = lax.scan(step, params, indices, unroll=unroll)
-    return params
+    return _run_sgd(loss_fn, _sgd_init(params, momentum), data, indices, learning_rate, momentum,
+                    unroll).params
 
 
-def _averaged_sgd(loss_fn, params, data, indices, learning_rate, unroll):
-    """SGD over ``indices (K, B)``; returns ``(final iterate, average of the K iterates)``."""
-    grad_fn = jax.grad(loss_fn)
+def _run_sgd(loss_fn, state, data, indices, learning_rate, momentum, unroll):
+    step = _sgd_step(loss_fn, data, learning_rate, momentum)
+    state, _ = lax.scan(lambda s, i: (step(s, i), None), state, indices, unroll=unroll)
+    return state
 
-    def step(carry, idx):
-        p, total = carry
-        g = grad_fn(p, _gather(data, idx))
-        p = jax.tree.map(lambda w, gw: w - learning_rate * gw, p, g)
-        return (p, jax.tree.map(jnp.add, total, p)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (params, total), _ = lax.scan(step, (params, zeros), indices, unroll=unroll)
+def _averaged_sgd(loss_fn, state, data, indices, learning_rate, momentum, unroll):
+    """SGD over ``indices (K, B)``; returns ``(final state, average of the K iterates)``."""
+    step = _sgd_step(loss_fn, data, learning_rate, momentum)
+
+    def body(carry, idx):
+        s, total = carry
+        s = step(s, idx)
+        return (s, jax.tree.map(jnp.add, total, s.params)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (state, total), _ = lax.scan(body, (state, zeros), indices, unroll=unroll)
     num = indices.shape[0]
-    return params, jax.tree.map(lambda t: t / num, total)
+    return state, jax.tree.map(lambda t: t / num, total)
+
+
+# ------------------------------------------------------------------ IASG
+
+
+@pytree_dataclass
+class IASG(Sampler):
+    """Iterate-averaged SGD (Mandt, Hoffman & Blei, 2017) as a local posterior sampler.
+
+    From the server model, each of ``num_chains`` independent chains runs ``burnin_steps`` SGD
+    steps, then for each of its ``num_samples / num_chains`` samples ``discard_steps`` steps whose
+    iterates are dropped followed by ``avg_steps`` steps whose iterates are averaged into the
+    sample. Averaging a stationary SGD chain over a window gives iterates whose covariance has the
+    shape of the local posterior ``A⁻¹`` (scaled by ``σ² / (avg_steps · batch_size)``); raw SGD
+    iterates are close to isotropic. Memory is ``O(num_samples · d)`` per client.
+
+    Leaves (traced): ``learning_rate``, ``momentum`` (``None``: plain SGD, no velocity).
+    Static: ``num_samples``, ``avg_steps``, ``burnin_steps``, ``batch_size``, ``discard_steps``,
+    ``num_chains``, ``unroll``. Build with :func:`iasg` (validates the values).
+    """
+
+    learning_rate: Any = 0.01
+    momentum: Any = None
+    num_samples: int = static(default=10)
+    avg_steps: int = static(default=10)
+    burnin_steps: int = static(default=50)
+    batch_size: int = static(default=10)
+    discard_steps: int = static(default=0)
+    num_chains: int = static(default=1)
+    unroll: int = static(default=1)
+
+    @property
+    def steps_per_chain(self) -> int:
+        per_chain = self.num_samples // self.num_chains
+        return self.burnin_steps + per_chain * (self.discard_steps + self.avg_steps)
+
+    def sample(self, key, loss_fn, params, client):
+        per_chain = self.num_samples // self.num_chains
+        lr, mom, unroll = self.learning_rate, self.momentum, self.unroll
+
+        def chain(k):
+            idx = minibatch_indices(
+                k, client.num_examples, (self.steps_per_chain, self.batch_size)
+            )
+            state = _run_sgd(
+                loss_fn, _sgd_init(params, mom), client.data, idx[: self.burnin_steps], lr, mom,
+                unroll,
+            )
+            blocks = idx[self.burnin_steps :].reshape(
+                per_chain, self.discard_steps + self.avg_steps, self.batch_size
+            )
+
+            def one_sample(s, block):
+                if self.discard_steps:
+                    s = _run_sgd(
+                        loss_fn, s, client.data, block[: self.discard_steps], lr, mom, unroll
+                    )
+                return _averaged_sgd(
+                    loss_fn, s, client.data, block[self.discard_steps :], lr, mom, unroll
+                )
+
+            _, samples = lax.scan(one_sample, state, blocks)
+            return samples
+
+        if self.num_chains == 1:
+            samples = chain(key)
+        else:
+            samples = jax.vmap(chain)(jax.random.split(key, self.num_chains))
+            samples = jax.tree.map(lambda s: s.reshape(-1, *s.shape[2:]), samples)
+        return samples, _info(self.num_chains * self.steps_per_chain, self.batch_size)
 
 
 def iasg(
@@ -143,77 +278,146 @@ def iasg(
     learning_rate: float,
     batch_size: int,
     *,
+    discard_steps: int = 0,
+    momentum: float | None = None,
+    num_chains: int = 1,
     unroll: int = 1,
-) -> Sampler:
-    """Iterate-averaged SGD (Mandt, Hoffman & Blei, 2017) as a local posterior sampler.
+) -> IASG:
+    """An :class:`IASG` sampler, its values checked.
 
-    Runs ``burnin_steps`` SGD steps from the server model, then ``num_samples × avg_steps`` more;
-    sample ``j`` is the average of the ``j``-th block of ``avg_steps`` consecutive iterates.
-    Averaging a stationary SGD chain over a window gives iterates whose covariance has the shape
-    of the local posterior ``A⁻¹`` (scaled by ``σ² / (avg_steps · batch_size)``), while raw SGD
-    iterates are close to isotropic.
-
-    Memory is ``O(num_samples · d)`` per client: the averages are accumulated inside the scan.
+    Args:
+      num_samples: ``ℓ >= 2`` samples per call (all chains together).
+      avg_steps: SGD iterates averaged into one sample, ``>= 1``.
+      burnin_steps: SGD steps of each chain before its first sample, ``>= 0``.
+      learning_rate: ``> 0`` (a leaf: may be traced).
+      batch_size: examples per SGD step, ``>= 1``.
+      discard_steps: SGD steps dropped before each averaging window, ``>= 0`` (the original
+        code's steps between samples; they lower the samples' autocorrelation).
+      momentum: client heavy-ball momentum in ``[0, 1)``, or ``None`` for plain SGD.
+      num_chains: independent chains from the server model, ``>= 1``, dividing ``num_samples``.
+      unroll: ``lax.scan`` unroll factor.
     """
     num_samples = _validate.integer("num_samples", num_samples, minimum=2)
     avg_steps = _validate.integer("avg_steps", avg_steps, minimum=1)
     burnin_steps = _validate.integer("burnin_steps", burnin_steps, minimum=0)
     batch_size = _validate.integer("batch_size", batch_size, minimum=1)
     _validate.real("learning_rate", learning_rate, low=0.0, low_open=True)
-    unroll = _validate.integer("unroll", unroll, minimum=1)
-
-    def sample(key, loss_fn, params, client):
-        total = burnin_steps + num_samples * avg_steps
-        idx = minibatch_indices(key, client.num_examples, (total, batch_size))
-        params = sgd_steps(
-            loss_fn, params, client.data, idx[:burnin_steps], learning_rate, unroll=unroll
+    discard_steps = _validate.integer("discard_steps", discard_steps, minimum=0)
+    if momentum is not None:
+        _validate.real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    num_chains = _validate.integer("num_chains", num_chains, minimum=1)
+    if num_samples % num_chains:
+        raise ValueError(
+            f"num_chains must divide num_samples, got num_chains={num_chains} and "
+            f"num_samples={num_samples}"
         )
-        blocks = idx[burnin_steps:].reshape(num_samples, avg_steps, batch_size)
+    unroll = _validate.integer("unroll", unroll, minimum=1)
+    return IASG(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        num_samples=num_samples,
+        avg_steps=avg_steps,
+        burnin_steps=burnin_steps,
+        batch_size=batch_size,
+        discard_steps=discard_steps,
+        num_chains=num_chains,
+        unroll=unroll,
+    )
 
-        def one_sample(p, block):
-            return _averaged_sgd(loss_fn, p, client.data, block, learning_rate, unroll)
 
-        _, samples = lax.scan(one_sample, params, blocks)
-        return samples
-
-    return Sampler(num_samples, sample, name="iasg")
+# ------------------------------------------------------------------ exact Gaussian
 
 
-def exact_gaussian(num_samples: int) -> Sampler:
-    """Exact samples of a client's Gaussian local posterior ``N(μ_i, A_i⁻¹)``.
+@pytree_dataclass
+class ExactGaussian(Sampler):
+    """Exact samples of a client's Gaussian local posterior, ``μ_i + √scale · L⁻ᵀ z``.
 
-    Needs ``client.posterior`` (quadratic problems). With ``A = L Lᵀ``, a sample is
-    ``μ + L⁻ᵀ z``, ``z ~ N(0, I)``. ``params`` must be the flat ``(d,)`` model.
+    Needs ``client.posterior`` (quadratic problems; ``A_i = L Lᵀ``, ``z ~ N(0, I)``); ``params``
+    must be the flat ``(d,)`` model. ``scale = 1`` samples ``N(μ_i, A_i⁻¹)``; another ``scale``
+    (a leaf) samples ``N(μ_i, scale · A_i⁻¹)``: the right shape at the wrong scale, like IASG's
+    samples. Costs no gradient evaluation (an oracle).
     """
-    num_samples = _validate.integer("num_samples", num_samples, minimum=2)
 
-    def sample(key, loss_fn, params, client):
-        del loss_fn
+    scale: Any = 1.0
+    num_samples: int = static(default=10)
+
+    def sample(self, key, loss_fn, params, client):
+        del loss_fn, params
         post = client.posterior
-        z = jax.random.normal(key, (num_samples, post.mean.shape[-1]), post.mean.dtype)
+        z = jax.random.normal(key, (self.num_samples, post.mean.shape[-1]), post.mean.dtype)
         offsets = jax.scipy.linalg.solve_triangular(post.precision_cholesky.T, z.T, lower=False)
-        return post.mean + offsets.T
+        samples = post.mean + jnp.sqrt(jnp.asarray(self.scale, post.mean.dtype)) * offsets.T
+        return samples, _info(0, 0)
 
-    return Sampler(num_samples, sample, name="exact")
+
+def exact_gaussian(num_samples: int, *, scale: float = 1.0) -> ExactGaussian:
+    """An :class:`ExactGaussian` sampler of ``num_samples >= 2`` samples at ``scale > 0``."""
+    num_samples = _validate.integer("num_samples", num_samples, minimum=2)
+    _validate.real("scale", scale, low=0.0, low_open=True)
+    return ExactGaussian(scale=scale, num_samples=num_samples)
 
 
 # ------------------------------------------------------------------ MCMC samplers (SGLD, HMC, NUTS)
-# Alternatives to IASG with the same ``Sampler`` interface. They run in the flattened parameter
-# space (``ravel_pytree``), so any params pytree works, and all target the local posterior
+# Alternatives to IASG with the same interface. They run in the flattened parameter space
+# (``ravel_pytree``), so any params pytree works, and all target the local posterior
 # ``p_i(x) ∝ exp(-f_i(x) / temperature)`` of the client's *average* loss ``f_i`` (the scaling of
 # :mod:`fedpa.problems`: for least squares, ``temperature = 1`` gives ``N(μ_i, A_i⁻¹)`` exactly).
-
-__all__ += ["sgld", "hmc", "nuts", "hmc_chain"]
-
-
-def _ravel(params):
-    from jax.flatten_util import ravel_pytree
-
-    return ravel_pytree(params)
 
 
 def _flat_loss(loss_fn, unravel):
     return lambda flat, batch: loss_fn(unravel(flat), batch)
+
+
+@pytree_dataclass
+class SGLD(Sampler):
+    """Stochastic-gradient Langevin dynamics (Welling & Teh, 2011) as a local sampler.
+
+    ``x ← x - η ∇f̂(x) + sqrt(2 η T) ξ``, ``ξ ~ N(0, I)``, with ``∇f̂`` a mini-batch gradient of
+    the average loss (rows drawn with replacement among the valid examples). From the server
+    model, ``burnin_steps`` steps are discarded, then every ``thinning``-th iterate is kept until
+    ``num_samples`` are collected: ``burnin_steps + num_samples · thinning`` gradient steps.
+
+    Leaves: ``learning_rate`` (``η``), ``temperature`` (``T``). Static: ``num_samples``,
+    ``batch_size``, ``burnin_steps``, ``thinning``, ``unroll``. Build with :func:`sgld`.
+    """
+
+    learning_rate: Any = 1e-3
+    temperature: Any = 1.0
+    num_samples: int = static(default=10)
+    batch_size: int = static(default=10)
+    burnin_steps: int = static(default=100)
+    thinning: int = static(default=10)
+    unroll: int = static(default=1)
+
+    def sample(self, key, loss_fn, params, client):
+        flat, unravel = ravel_pytree(params)
+        grad_fn = jax.grad(_flat_loss(loss_fn, unravel))
+        burn, thin, num = self.burnin_steps, self.thinning, self.num_samples
+        total = burn + num * thin
+        k_idx, k_noise = jax.random.split(key)
+        idx = minibatch_indices(k_idx, client.num_examples, (total, self.batch_size))
+        noise_keys = jax.random.split(k_noise, total)
+        lr = self.learning_rate
+        scale = jnp.sqrt(2.0 * lr * self.temperature).astype(flat.dtype)
+
+        def step(x, inputs):
+            i, k = inputs
+            g = grad_fn(x, _gather(client.data, i))
+            z = jax.random.normal(k, x.shape, x.dtype)
+            return x - lr * g + scale * z, None
+
+        x, _ = lax.scan(step, flat, (idx[:burn], noise_keys[:burn]), unroll=self.unroll)
+
+        def block(x, inputs):
+            x, _ = lax.scan(step, x, inputs, unroll=self.unroll)
+            return x, x
+
+        rest = (
+            idx[burn:].reshape(num, thin, self.batch_size),
+            noise_keys[burn:].reshape(num, thin, *noise_keys.shape[1:]),
+        )
+        _, samples = lax.scan(block, x, rest)
+        return jax.vmap(unravel)(samples), _info(total, self.batch_size)
 
 
 def sgld(
@@ -225,14 +429,8 @@ def sgld(
     thinning: int = 10,
     temperature: float = 1.0,
     unroll: int = 1,
-) -> Sampler:
-    """Stochastic-gradient Langevin dynamics (Welling & Teh, 2011) as a local sampler.
-
-    ``x ← x - η ∇f̂(x) + sqrt(2 η T) ξ``, ``ξ ~ N(0, I)``, with ``∇f̂`` a mini-batch gradient of
-    the average loss (rows drawn with replacement among the valid examples). From the server
-    model, ``burnin_steps`` steps are discarded, then every ``thinning``-th iterate is kept until
-    ``num_samples`` are collected: ``burnin_steps + num_samples · thinning`` gradient steps of
-    ``batch_size`` examples. The chain is a ``lax.scan``; memory is ``O(num_samples · d)``.
+) -> SGLD:
+    """An :class:`SGLD` sampler, its values checked.
 
     Args:
       num_samples: ``ℓ >= 2``.
@@ -249,36 +447,15 @@ def sgld(
     thinning = _validate.integer("thinning", thinning, minimum=1)
     _validate.real("temperature", temperature, low=0.0, low_open=True)
     unroll = _validate.integer("unroll", unroll, minimum=1)
-
-    def sample(key, loss_fn, params, client):
-        flat, unravel = _ravel(params)
-        grad_fn = jax.grad(_flat_loss(loss_fn, unravel))
-        total = burnin_steps + num_samples * thinning
-        k_idx, k_noise = jax.random.split(key)
-        idx = minibatch_indices(k_idx, client.num_examples, (total, batch_size))
-        noise_keys = jax.random.split(k_noise, total)
-        scale = jnp.sqrt(2.0 * learning_rate * temperature).astype(flat.dtype)
-
-        def step(x, inputs):
-            i, k = inputs
-            g = grad_fn(x, _gather(client.data, i))
-            z = jax.random.normal(k, x.shape, x.dtype)
-            return x - learning_rate * g + scale * z, None
-
-        x, _ = lax.scan(step, flat, (idx[:burnin_steps], noise_keys[:burnin_steps]), unroll=unroll)
-
-        def block(x, inputs):
-            x, _ = lax.scan(step, x, inputs, unroll=unroll)
-            return x, x
-
-        rest = (
-            idx[burnin_steps:].reshape(num_samples, thinning, batch_size),
-            noise_keys[burnin_steps:].reshape(num_samples, thinning, *noise_keys.shape[1:]),
-        )
-        _, samples = lax.scan(block, x, rest)
-        return jax.vmap(unravel)(samples)
-
-    return Sampler(num_samples, sample, name="sgld")
+    return SGLD(
+        learning_rate=learning_rate,
+        temperature=temperature,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        burnin_steps=burnin_steps,
+        thinning=thinning,
+        unroll=unroll,
+    )
 
 
 def hmc_chain(
@@ -287,7 +464,7 @@ def hmc_chain(
     position,
     *,
     num_samples: int,
-    step_size: float,
+    step_size,
     num_integration_steps: int | None = None,
     burnin_steps: int = 100,
     thinning: int = 1,
@@ -295,15 +472,14 @@ def hmc_chain(
 ):
     """A blackjax HMC (or NUTS, when ``num_integration_steps`` is ``None``) chain in a ``scan``.
 
-    Identity mass matrix, fixed step size (no adaptation: the chain must stay a pure, ``vmap``-able
-    function of the key). Discards ``burnin_steps`` transitions, then keeps every
-    ``thinning``-th state.
+    Identity mass matrix, fixed step size (may be traced). Discards ``burnin_steps``
+    transitions, then keeps every ``thinning``-th state.
 
     Args:
       key: PRNG key.
       logdensity_fn: ``(d,) -> scalar`` log density (up to a constant).
       position: ``(d,)`` starting point.
-      num_samples, step_size, num_integration_steps, burnin_steps, thinning: as in :func:`hmc`.
+      num_samples, step_size, num_integration_steps, burnin_steps, thinning: as in :class:`HMC`.
       max_num_doublings: NUTS' tree-depth limit.
 
     Returns:
@@ -339,16 +515,53 @@ def hmc_chain(
     return samples, evals
 
 
-def _mcmc_sampler(
-    num_samples,
-    step_size,
-    num_integration_steps,
-    burnin_steps,
-    thinning,
-    temperature,
-    max_num_doublings,
-    name,
-):
+@pytree_dataclass
+class HMC(Sampler):
+    """Full-batch Hamiltonian Monte Carlo, or NUTS, from blackjax, as a local sampler.
+
+    Targets ``exp(-f_i(x) / T)`` where ``f_i = loss_fn(params, client.data)`` is the loss on the
+    client's *whole* data array, so for padded clients the loss must ignore padding (the models
+    of :mod:`fedpa.models` do, through the ``mask`` entry). ``num_integration_steps = None`` is
+    NUTS (adaptive path lengths up to ``2^max_num_doublings``; under ``vmap`` every client waits
+    for the longest trajectory). Identity mass matrix, fixed step size.
+
+    Leaves: ``step_size``, ``temperature``. Static: ``num_samples``, ``num_integration_steps``,
+    ``burnin_steps``, ``thinning``, ``max_num_doublings``. Build with :func:`hmc` or
+    :func:`nuts`; needs the ``mcmc`` extra (blackjax).
+    """
+
+    step_size: Any = 0.1
+    temperature: Any = 1.0
+    num_samples: int = static(default=10)
+    num_integration_steps: int | None = static(default=10)
+    burnin_steps: int = static(default=100)
+    thinning: int = static(default=1)
+    max_num_doublings: int = static(default=10)
+
+    def sample(self, key, loss_fn, params, client):
+        flat, unravel = ravel_pytree(params)
+        loss = _flat_loss(loss_fn, unravel)
+        temperature = self.temperature
+
+        def logdensity(x):
+            return -loss(x, client.data) / temperature
+
+        samples, evals = hmc_chain(
+            key,
+            logdensity,
+            flat,
+            num_samples=self.num_samples,
+            step_size=self.step_size,
+            num_integration_steps=self.num_integration_steps,
+            burnin_steps=self.burnin_steps,
+            thinning=self.thinning,
+            max_num_doublings=self.max_num_doublings,
+        )
+        return jax.vmap(unravel)(samples), _info(evals, client.num_examples)
+
+
+def _mcmc(num_samples, step_size, num_integration_steps, burnin_steps, thinning, temperature,
+          max_num_doublings) -> HMC:
     num_samples = _validate.integer("num_samples", num_samples, minimum=2)
     _validate.real("step_size", step_size, low=0.0, low_open=True)
     if num_integration_steps is not None:
@@ -359,28 +572,15 @@ def _mcmc_sampler(
     thinning = _validate.integer("thinning", thinning, minimum=1)
     _validate.real("temperature", temperature, low=0.0, low_open=True)
     max_num_doublings = _validate.integer("max_num_doublings", max_num_doublings, minimum=1)
-
-    def sample(key, loss_fn, params, client):
-        flat, unravel = _ravel(params)
-        loss = _flat_loss(loss_fn, unravel)
-
-        def logdensity(x):
-            return -loss(x, client.data) / temperature
-
-        samples, _ = hmc_chain(
-            key,
-            logdensity,
-            flat,
-            num_samples=num_samples,
-            step_size=step_size,
-            num_integration_steps=num_integration_steps,
-            burnin_steps=burnin_steps,
-            thinning=thinning,
-            max_num_doublings=max_num_doublings,
-        )
-        return jax.vmap(unravel)(samples)
-
-    return Sampler(num_samples, sample, name=name)
+    return HMC(
+        step_size=step_size,
+        temperature=temperature,
+        num_samples=num_samples,
+        num_integration_steps=num_integration_steps,
+        burnin_steps=burnin_steps,
+        thinning=thinning,
+        max_num_doublings=max_num_doublings,
+    )
 
 
 def hmc(
@@ -391,32 +591,20 @@ def hmc(
     burnin_steps: int = 100,
     thinning: int = 1,
     temperature: float = 1.0,
-) -> Sampler:
-    """Full-batch Hamiltonian Monte Carlo (blackjax) as a local sampler.
-
-    Targets ``exp(-f_i(x) / T)`` where ``f_i = loss_fn(params, client.data)`` is the loss on the
-    client's *whole* data array, so for padded clients the loss must ignore padding (the models of
-    :mod:`fedpa.models` do, through the ``mask`` entry). Compute:
-    ``(burnin_steps + num_samples · thinning) · num_integration_steps`` full-data gradients.
+) -> HMC:
+    """Full-batch HMC (:class:`HMC`): ``(burnin_steps + num_samples · thinning) ·
+    num_integration_steps`` full-data gradients.
 
     Args:
       num_samples: ``ℓ >= 2``.
-      step_size: leapfrog step size ``> 0`` (fixed; identity mass matrix).
+      step_size: leapfrog step size ``> 0``.
       num_integration_steps: leapfrog steps per transition, ``>= 1``.
       burnin_steps: discarded transitions.
       thinning: transitions between kept samples.
       temperature: ``T > 0``.
     """
-    return _mcmc_sampler(
-        num_samples,
-        step_size,
-        num_integration_steps,
-        burnin_steps,
-        thinning,
-        temperature,
-        10,
-        "hmc",
-    )
+    return _mcmc(num_samples, step_size, num_integration_steps, burnin_steps, thinning,
+                 temperature, 10)
 
 
 def nuts(
@@ -427,20 +615,8 @@ def nuts(
     thinning: int = 1,
     temperature: float = 1.0,
     max_num_doublings: int = 10,
-) -> Sampler:
-    """The No-U-Turn sampler (blackjax) as a local sampler: HMC with adaptive path lengths.
-
-    Same target and padding caveat as :func:`hmc`; the number of leapfrog steps per transition
-    is chosen by NUTS (up to ``2^max_num_doublings``). Under ``vmap`` over clients every client
-    waits for the longest trajectory.
-    """
-    return _mcmc_sampler(
-        num_samples,
-        step_size,
-        None,
-        burnin_steps,
-        thinning,
-        temperature,
-        max_num_doublings,
-        "nuts",
-    )
+) -> HMC:
+    """The No-U-Turn sampler (:class:`HMC` with adaptive path lengths); arguments as
+    :func:`hmc`, plus NUTS' tree-depth limit ``max_num_doublings``."""
+    return _mcmc(num_samples, step_size, None, burnin_steps, thinning, temperature,
+                 max_num_doublings)

@@ -1,16 +1,21 @@
-"""The compiled federated round loop.
+"""The federated round and the compiled loop over rounds.
 
-:func:`server` returns a blackjax-style kernel pair ``init(params) -> ServerState`` and
-``step(state, key, problem) -> (state, metrics)`` for one round; :func:`run` scans ``step`` over
-rounds inside one ``jit``. Inside a round: sample ``clients_per_round`` clients uniformly without
-replacement, ``vmap`` the client update over them, average the deltas weighted by example counts,
-and let an optax optimizer apply the average as a pseudo-gradient. No Python loop over clients or
-rounds; no host round-trip inside the loop.
+:func:`server` returns a blackjax-style kernel pair for one round, ``init(params) -> ServerState``
+and ``step(key, state, problem) -> (state, metrics)``. :func:`run_rounds` is the pure, jittable
+loop: a ``lax.scan`` of ``step`` over rounds, the algorithm and the optimizer as data, the key of
+round ``r`` being ``jax.random.fold_in(key, r)`` with ``r`` the *absolute* round held in the
+state, so continuing a run from its state is the same computation as one long run.
+:func:`run` is the host wrapper: argument checks, one ``jit`` (cached on structure only: new
+float hyperparameters never recompile), NumPy conversion and the divergence check.
+
+Inside a round: sample ``clients_per_round`` clients uniformly without replacement, ``vmap`` the
+client update over them, average the deltas weighted by example counts, and let an optax
+optimizer apply the average as a pseudo-gradient. No Python loop over clients or rounds; no host
+round-trip inside the loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -24,8 +29,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _validate
-from .algorithms import Algorithm
 from .problems import FederatedProblem
+from .updates import ClientUpdate
 
 __all__ = [
     "ServerState",
@@ -33,14 +38,18 @@ __all__ = [
     "Result",
     "DivergenceError",
     "server",
+    "run_rounds",
     "run",
-    "run_many",
-    "stack_problems",
+    "metrics",
     "check_run_args",
+    "check_params_like",
+    "default_server_optimizer",
 ]
 
 
 class ServerState(NamedTuple):
+    """The server's state: model, optimizer state and the number of rounds done (int32)."""
+
     params: Any
     opt_state: Any
     round: jax.Array
@@ -58,8 +67,10 @@ class Result(NamedTuple):
       params: the final server model.
       history: per-round NumPy arrays, each ``(rounds,)``, measured *after* the round's update:
         ``objective`` (global objective), ``dist_to_optimum`` (``‖x - x*‖``, when the optimum is
-        known) and ``finite`` (all params finite).
-      state: the final :class:`ServerState` (to continue a run).
+        known), ``finite`` (all params finite), ``local_grad_evals`` (mean gradient evaluations
+        per sampled client), any metrics of the problem, and ``params`` (``(rounds, d)``, the
+        flattened model) with ``trace_params=True``.
+      state: the final :class:`ServerState` (to continue a run: ``run(..., state=res.state)``).
     """
 
     params: Any
@@ -98,17 +109,20 @@ def metrics(problem: FederatedProblem, params) -> dict:
 
 
 def server(
-    client_update: Callable,
+    algorithm: ClientUpdate,
     clients_per_round: int,
     server_optimizer: optax.GradientTransformation,
     *,
     client_chunk_size: int | None = None,
     mesh: Mesh | None = None,
 ) -> Server:
-    """One federated round as a pure kernel.
+    """One federated round as a pure kernel pair ``(init, step)``.
+
+    ``init(params) -> ServerState`` (round 0); ``step(key, state, problem) -> (state, metrics)``
+    with ``key`` this round's key. The client update receives ``state.round``, the absolute round.
 
     Args:
-      client_update: ``(loss_fn, params, client, key) -> delta``.
+      algorithm: a :class:`~fedpa.updates.ClientUpdate` (its leaves may be traced).
       clients_per_round: ``m``, clients sampled without replacement each round.
       server_optimizer: an optax transformation; the averaged delta is its gradient.
       client_chunk_size: evaluate the ``m`` client updates ``client_chunk_size`` at a time (a
@@ -133,7 +147,7 @@ def server(
     def init(params) -> ServerState:
         return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    def step(state: ServerState, key, problem: FederatedProblem):
+    def step(key, state: ServerState, problem: FederatedProblem):
         k_select, k_clients = jax.random.split(key)
         selected = jax.random.choice(
             k_select, problem.num_clients, (clients_per_round,), replace=False
@@ -151,194 +165,139 @@ def server(
             # Gather only these clients' data; with a mesh each device gathers its own clients.
             sel, ks, w = shard(sel, P(mesh_axes)), shard(ks, P(mesh_axes)), shard(w, P(mesh_axes))
             clients = jax.tree.map(lambda a: a[sel], problem.clients)
-            deltas = jax.vmap(lambda c, k: client_update(problem.loss_fn, params, c, k))(
-                clients, ks
-            )
-            return jax.tree.map(lambda d: jnp.tensordot(w.astype(d.dtype), d, 1), deltas)
+            deltas, info = jax.vmap(
+                lambda c, k: algorithm(k, problem.loss_fn, params, c, state.round)
+            )(clients, ks)
+            total = jax.tree.map(lambda d: jnp.tensordot(w.astype(d.dtype), d, 1), deltas)
+            evals = jnp.sum(jnp.where(w > 0, info.num_grad_evals, 0))
+            return total, evals
 
         if num_chunks == 1:
-            mean_delta = weighted_sum(selected, keys, weights)
+            mean_delta, evals = weighted_sum(selected, keys, weights)
         else:
 
-            def body(total, xs):
-                return jax.tree.map(jnp.add, total, weighted_sum(*xs)), None
+            def body(carry, xs):
+                return jax.tree.map(jnp.add, carry, weighted_sum(*xs)), None
 
             xs = jax.tree.map(
                 lambda a: a.reshape(num_chunks, chunk, *a.shape[1:]), (selected, keys, weights)
             )
-            mean_delta, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), xs)
+            zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+            (mean_delta, evals), _ = jax.lax.scan(body, zero, xs)
         mean_delta = shard(mean_delta, P())
         updates, opt_state = server_optimizer.update(mean_delta, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         new_state = ServerState(params, opt_state, state.round + 1)
-        return new_state, metrics(problem, params)
+        out = metrics(problem, params)
+        out["local_grad_evals"] = evals.astype(jnp.result_type(float)) / clients_per_round
+        return new_state, out
 
     return Server(init, step)
+
+
+def run_rounds(
+    key,
+    state: ServerState,
+    problem: FederatedProblem,
+    algorithm: ClientUpdate,
+    server_optimizer: optax.GradientTransformation,
+    *,
+    rounds: int,
+    clients_per_round: int,
+    client_chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+    trace_params: bool = False,
+) -> tuple[ServerState, dict]:
+    """``rounds`` federated rounds from ``state``: a pure function, to ``jit`` and ``vmap``.
+
+    Round ``r`` (absolute, from ``state.round``) uses the key ``jax.random.fold_in(key, r)``,
+    so ``run_rounds(key, run_rounds(key, s, rounds=a)[0], rounds=b)`` equals
+    ``run_rounds(key, s, rounds=a + b)``. Arguments are not checked (see :func:`run`); the
+    keyword arguments are static (Python values).
+
+    Returns:
+      ``(state, history)``: the final :class:`ServerState` and ``{metric: (rounds, ...)}``
+      device arrays (see :class:`Result`).
+    """
+    srv = server(
+        algorithm,
+        clients_per_round,
+        server_optimizer,
+        client_chunk_size=client_chunk_size,
+        mesh=mesh,
+    )
+
+    def body(s, _):
+        s, hist = srv.step(jax.random.fold_in(key, s.round), s, problem)
+        if trace_params:
+            hist = {**hist, "params": ravel_pytree(s.params)[0]}
+        return s, hist
+
+    return jax.lax.scan(body, state, None, length=rounds)
+
+
+class _Structural:
+    """A static ``jit`` argument that compares by a structural fingerprint, not by identity.
+
+    Optax transformations are closures: a fresh ``optax.sgd(1.0)`` is a new object. Two
+    optimizers whose ``update`` traces to the same jaxpr with the same constants compute the same
+    thing given their state, so they may share compiled code; numbers that live in the state
+    (``optax.inject_hyperparams``) then change without recompiling.
+    """
+
+    def __init__(self, value, fingerprint):
+        self.value, self.fingerprint = value, fingerprint
+
+    def __hash__(self):
+        return hash(self.fingerprint)
+
+    def __eq__(self, other):
+        return isinstance(other, _Structural) and self.fingerprint == other.fingerprint
+
+
+def _const_key(c) -> tuple:
+    a = np.asarray(c)
+    return (a.dtype.str, a.shape, a.tobytes())
+
+
+def _optimizer_key(optimizer: optax.GradientTransformation, params, opt_state) -> _Structural:
+    closed = jax.make_jaxpr(optimizer.update)(params, opt_state, params)
+    consts = tuple(_const_key(c) for c in closed.consts)
+    return _Structural(optimizer, (str(closed.jaxpr), consts))
 
 
 @partial(
     jax.jit,
     static_argnames=(
-        "algorithm",
+        "optimizer",
         "rounds",
         "clients_per_round",
-        "optimizer",
-        "chunk",
+        "client_chunk_size",
         "mesh",
         "trace_params",
     ),
 )
-def _run_compiled(
-    key,
-    state,
-    problem,
-    *,
-    algorithm,
-    rounds,
-    clients_per_round,
-    optimizer,
-    chunk,
-    mesh=None,
-    trace_params=False,
-):
-    """The round loop: burn-in rounds, then the algorithm's rounds, each phase a ``lax.scan``.
-
-    With ``trace_params`` the history also holds ``"params"``: the flattened server model after
-    each round, ``(rounds, d)``.
-    """
-    phases = []
-    burnin = min(algorithm.burnin_rounds, rounds) if algorithm.burnin_update is not None else 0
-    if burnin:
-        phases.append((algorithm.burnin_update, burnin))
-    if rounds - burnin:
-        phases.append((algorithm.client_update, rounds - burnin))
-    keys = jax.random.split(key, rounds)
-    histories, start = [], 0
-    for update, length in phases:
-        srv = server(update, clients_per_round, optimizer, client_chunk_size=chunk, mesh=mesh)
-
-        def body(s, k, srv=srv):
-            s, hist = srv.step(s, k, problem)
-            if trace_params:
-                hist = {**hist, "params": ravel_pytree(s.params)[0]}
-            return s, hist
-
-        state, hist = jax.lax.scan(body, state, keys[start : start + length])
-        histories.append(hist)
-        start += length
-    history = jax.tree.map(lambda *h: jnp.concatenate(h), *histories)
-    return state, history
+def _run_jit(key, state, problem, algorithm, *, optimizer, **static):
+    return run_rounds(key, state, problem, algorithm, optimizer.value, **static)
 
 
-@partial(
-    jax.jit,
-    static_argnames=("algorithm", "rounds", "clients_per_round", "optimizer", "trace_params"),
-)
-def _run_many_compiled(
-    keys, problems, *, algorithm, rounds, clients_per_round, optimizer, trace_params=False
-):
-    def one(key, problem):
-        state = ServerState(
-            problem.init_params, optimizer.init(problem.init_params), jnp.zeros((), jnp.int32)
-        )
-        _, history = _run_compiled(
-            key,
-            state,
-            problem,
-            algorithm=algorithm,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            optimizer=optimizer,
-            chunk=None,
-            trace_params=trace_params,
-        )
-        return history
-
-    return jax.vmap(one)(keys, problems)
-
-
-def stack_problems(problems) -> FederatedProblem:
-    """Stacks same-shaped problems along a new leading axis (to ``vmap`` runs over them).
-
-    The problems must share shapes, model and functions. Their names may differ: the stack is
-    named ``"stacked"``, so that runs of problems that differ only in data share one compiled
-    loop (the name is static pytree metadata).
-    """
-    problems = list(problems)
-    if not problems:
-        raise ValueError("problems must hold at least one FederatedProblem, got none")
-    first = problems[0]
-    renamed = []
-    for i, p in enumerate(problems):
-        if not isinstance(p, FederatedProblem):
-            raise ValueError(f"problems[{i}] must be a FederatedProblem, got {type(p).__name__}")
-        q = dataclasses.replace(p, name="stacked")
-        same_structure = jax.tree.structure(q) == jax.tree.structure(renamed[0] if renamed else q)
-        shapes = [np.shape(x) for x in jax.tree.leaves(q)]
-        if not same_structure or shapes != [np.shape(x) for x in jax.tree.leaves(first)]:
-            raise ValueError(
-                f"problems[{i}] ({p.name}) must have the same shapes, model and functions as "
-                f"problems[0] ({first.name}) to be run together"
-            )
-        renamed.append(q)
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *renamed)
-
-
-def run_many(
-    algorithm: Algorithm,
-    problems,
-    rounds: int,
-    clients_per_round: int,
-    server_optimizer: optax.GradientTransformation | None = None,
-    keys=None,
-    *,
-    trace_params: bool = False,
-) -> dict[str, np.ndarray]:
-    """Runs ``algorithm`` on several same-shaped problems in one compiled, ``vmap``-ed call.
-
-    Problem ``j`` runs from its own ``init_params`` with run key ``keys[j]`` and gets the history
-    that ``fedpa.run(algorithm, problems[j], ..., key=keys[j])`` returns.
-
-    Args:
-      problems: a :func:`stack_problems` stack, or a sequence of problems to stack.
-      keys: ``(num_problems,)`` PRNG keys (required).
-      trace_params: also return ``"params"``, the flattened server model after every round.
-
-    Returns:
-      ``{metric: (num_problems, rounds[, d])}`` NumPy arrays. Divergence is not checked: look
-      at ``"finite"``.
-    """
-    if not isinstance(problems, FederatedProblem):
-        problems = stack_problems(problems)
-    if keys is None:
-        raise ValueError("keys must be PRNG keys, one per problem, got None")
-    num = int(np.shape(problems.clients.num_examples)[0])
-    if np.shape(keys)[:1] != (num,):
-        raise ValueError(f"keys must hold one key per problem ({num}), got shape {np.shape(keys)}")
-    first = jax.tree.map(lambda a: a[0], problems)
-    rounds, clients_per_round, server_optimizer = check_run_args(
-        algorithm, first, rounds, clients_per_round, server_optimizer, keys
-    )
-    history = _run_many_compiled(
-        keys,
-        problems,
-        algorithm=algorithm,
-        rounds=rounds,
-        clients_per_round=clients_per_round,
-        optimizer=server_optimizer,
-        trace_params=trace_params,
-    )
-    return {k: np.asarray(v) for k, v in history.items()}
+def default_server_optimizer(learning_rate: float = 1.0) -> optax.GradientTransformation:
+    """Server SGD whose learning rate lives in the optimizer state
+    (``optax.inject_hyperparams(optax.sgd)``): runs that differ only in it share one compile."""
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
 
 
 def check_run_args(algorithm, problem, rounds, clients_per_round, server_optimizer, key):
-    """Validates the arguments shared by :func:`run` and its batched variants.
+    """Validates the arguments shared by :func:`run` and :func:`fedpa.sweep`.
 
     Returns:
       ``(rounds, clients_per_round, server_optimizer)`` with the default optimizer filled in.
     """
-    if not isinstance(algorithm, Algorithm):
-        raise ValueError(f"algorithm must be a fedpa Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(algorithm, ClientUpdate):
+        raise ValueError(
+            f"algorithm must be a fedpa ClientUpdate (e.g. fedpa.fedavg()), "
+            f"got {type(algorithm).__name__}"
+        )
     if not isinstance(problem, FederatedProblem):
         raise ValueError(f"problem must be a fedpa FederatedProblem, got {type(problem).__name__}")
     rounds = _validate.integer("rounds", rounds, minimum=1)
@@ -350,7 +309,7 @@ def check_run_args(algorithm, problem, rounds, clients_per_round, server_optimiz
     if key is None:
         raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
     if server_optimizer is None:
-        server_optimizer = _default_optimizer()
+        server_optimizer = default_server_optimizer()
     if not isinstance(server_optimizer, optax.GradientTransformation):
         raise ValueError(
             "server_optimizer must be an optax.GradientTransformation, "
@@ -360,11 +319,11 @@ def check_run_args(algorithm, problem, rounds, clients_per_round, server_optimiz
 
 
 def run(
-    algorithm: Algorithm,
+    algorithm: ClientUpdate,
+    server_optimizer: optax.GradientTransformation | None,
     problem: FederatedProblem,
     rounds: int,
     clients_per_round: int,
-    server_optimizer: optax.GradientTransformation | None = None,
     key=None,
     *,
     init_params=None,
@@ -372,20 +331,32 @@ def run(
     client_chunk_size: int | None = None,
     mesh: Mesh | None = None,
     check_divergence: bool = True,
+    trace_params: bool = False,
 ) -> Result:
-    """Runs ``rounds`` federated rounds in one compiled call.
+    """Runs ``rounds`` federated rounds in one compiled call (:func:`run_rounds` under ``jit``).
+
+    Compiled code is cached on *structure*: the algorithm's tree structure (its static fields),
+    the problem's shapes, the optimizer's traced computation, the static options. New float
+    hyperparameters of the algorithm (``local_lr``, ``rho``, ...) never recompile; neither does a
+    new server learning rate when it lives in the optimizer state (the default optimizer, or any
+    ``optax.inject_hyperparams(...)``; a plain ``optax.sgd(lr)`` bakes ``lr`` into its code).
+
+    The first two arguments are what a :func:`fedpa.sweep` factory returns, so
+    ``run(*factory(**config), problem, ...)`` reruns one configuration of a sweep.
 
     Args:
-      algorithm: an :class:`~fedpa.algorithms.Algorithm` (``fedpa.fedavg(...)``, ...).
+      algorithm: a :class:`~fedpa.updates.ClientUpdate` (``fedpa.fedavg(...)``, ...).
+      server_optimizer: optax transformation applied to the averaged delta; ``None``: SGD with
+        learning rate 1 (:func:`default_server_optimizer`).
       problem: a :class:`~fedpa.problems.FederatedProblem`.
       rounds: number of rounds, ``>= 1``.
       clients_per_round: clients sampled uniformly without replacement each round,
         ``1 <= clients_per_round <= problem.num_clients``.
-      server_optimizer: optax transformation applied to the averaged delta
-        (default ``optax.sgd(1.0)``).
       key: PRNG key (required). The same key gives bit-identical results.
       init_params: starting model (default ``problem.init_params``).
-      state: a :class:`ServerState` to continue from (overrides ``init_params``).
+      state: a :class:`ServerState` to continue from (overrides ``init_params``); with the same
+        key, ``run(rounds=a)`` then ``run(rounds=b, state=...)`` is bit-identical to
+        ``run(rounds=a + b)`` (burn-in switches and per-round keys use the absolute round).
       client_chunk_size: bound memory by evaluating clients in chunks of this size (only a
         chunk's client data is gathered at a time; 10,000 clients per round fit in a few GiB).
       mesh: a ``jax.sharding.Mesh``: each round's clients are sharded over all its devices
@@ -395,6 +366,7 @@ def run(
         ``jax.distributed.initialize()`` on every host first and pass a mesh over
         ``jax.devices()``.
       check_divergence: raise :class:`DivergenceError` naming the first round with NaN/inf.
+      trace_params: also record the flattened model after every round (``history["params"]``).
 
     Returns:
       A :class:`Result`.
@@ -408,45 +380,41 @@ def run(
         raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
     if state is None:
         params = problem.init_params if init_params is None else init_params
-        _check_params_like(params, problem.init_params)
-        state = server(algorithm.client_update, clients_per_round, server_optimizer).init(params)
+        check_params_like(params, problem.init_params)
+        params = jax.tree.map(
+            lambda p, r: jnp.asarray(p, jnp.result_type(r)), params, problem.init_params
+        )
+        state = ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+    elif not isinstance(state, ServerState):
+        raise ValueError(f"state must be a fedpa ServerState, got {type(state).__name__}")
+    optimizer = _optimizer_key(server_optimizer, state.params, state.opt_state)
     if mesh is not None:
         replicated = NamedSharding(mesh, P())
         problem, state, key = jax.device_put((problem, state, key), replicated)
-    state, history = _run_compiled(
+    state, history = _run_jit(
         key,
         state,
         problem,
-        algorithm=algorithm,
+        algorithm,
+        optimizer=optimizer,
         rounds=rounds,
         clients_per_round=clients_per_round,
-        optimizer=server_optimizer,
-        chunk=client_chunk_size,
+        client_chunk_size=client_chunk_size,
         mesh=mesh,
+        trace_params=trace_params,
     )
     history = {k: np.asarray(v) for k, v in history.items()}
     if check_divergence and not history["finite"].all():
-        raise DivergenceError(int(np.argmin(history["finite"])), algorithm.name)
+        raise DivergenceError(int(np.argmin(history["finite"])), type(algorithm).__name__)
     return Result(state.params, history, state)
 
 
-_DEFAULT_OPTIMIZER: list = []
-
-
-def _default_optimizer() -> optax.GradientTransformation:
-    # One object, so jit caches compiled runs that use the default.
-    if not _DEFAULT_OPTIMIZER:
-        _DEFAULT_OPTIMIZER.append(optax.sgd(1.0))
-    return _DEFAULT_OPTIMIZER[0]
-
-
-def _check_params_like(params, reference) -> None:
+def check_params_like(params, reference, name: str = "init_params") -> None:
+    """Checks that ``params`` has the tree structure and leaf shapes of ``reference``."""
     got = jax.tree.structure(params)
     want = jax.tree.structure(reference)
     if got != want:
-        raise ValueError(f"init_params must have the structure {want}, got {got}")
+        raise ValueError(f"{name} must have the structure {want}, got {got}")
     for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
         if np.shape(p) != np.shape(r):
-            raise ValueError(
-                f"init_params must have leaf shapes like {np.shape(r)}, got {np.shape(p)}"
-            )
+            raise ValueError(f"{name} must have leaf shapes like {np.shape(r)}, got {np.shape(p)}")

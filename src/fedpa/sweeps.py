@@ -1,0 +1,287 @@
+"""A grid of configurations × seeds in one compiled, vmapped call.
+
+:func:`sweep` calls a *factory* ``factory(**config) -> (algorithm, server_optimizer)`` inside
+one ``vmap`` over the grid's numeric values and another over the seeds, so a whole tuning grid
+costs one compile. Grid values that change the algorithm's *structure* (integers that fix shapes,
+such as ``local_steps`` or ``num_samples``, strings, ``None`` vs a number) split the grid into
+groups, one compile each; every other numeric value is traced.
+
+Contract: configuration ``i``, seed ``j`` gives what
+``fedpa.run(*factory(**configs[i]), problem_j, rounds, clients_per_round,
+key=jax.random.fold_in(key, j))`` gives, to float tolerance, where ``problem_j`` is the problem
+(or ``problem(jax.random.fold_in(problem_key, j))`` for a problem factory).
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _validate
+from .problems import FederatedProblem
+from .rounds import ServerState, check_run_args, run_rounds
+
+__all__ = ["SweepResult", "sweep", "grid_configs", "stack_problems"]
+
+
+class SweepResult(NamedTuple):
+    """What :func:`sweep` returns.
+
+    Attributes:
+      configs: the configurations, in the order of the first axis (a list of dicts).
+      history: ``{metric: (num_configs, num_seeds, rounds[, d])}`` NumPy arrays (the metrics of
+        :class:`fedpa.Result`; no divergence check: see ``"finite"``).
+      params: the final server models, a pytree with leaves ``(num_configs, num_seeds, ...)``.
+      seeds: the number of seeds.
+    """
+
+    configs: list[dict]
+    history: dict[str, np.ndarray]
+    params: Any
+    seeds: int
+
+    def to_frame(self, metrics: Sequence[str] | None = None):
+        """A tidy pandas table: one row per configuration, seed and round (1-based, after the
+        round's update), the configuration's values as columns, one column per metric.
+
+        Needs pandas (the ``book`` extra).
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("SweepResult.to_frame needs pandas (pip install pandas)") from err
+        names = [
+            m
+            for m in (metrics if metrics is not None else self.history)
+            if np.ndim(self.history[m]) == 3
+        ]
+        num_configs, seeds, rounds = np.shape(self.history[names[0]])
+        index = pd.MultiIndex.from_product(
+            [range(num_configs), range(seeds), range(1, rounds + 1)],
+            names=["config", "seed", "round"],
+        )
+        frame = pd.DataFrame({m: np.asarray(self.history[m]).reshape(-1) for m in names}, index)
+        frame = frame.reset_index()
+        settings = pd.DataFrame(self.configs)
+        settings.index.name = "config"
+        return settings.reset_index().merge(frame, on="config").drop(columns="config")
+
+
+def grid_configs(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The configurations of ``grid``: the Cartesian product of a ``{name: values}`` mapping
+    (the last name varies fastest), or a sequence of configuration dicts as given."""
+    if isinstance(grid, Mapping):
+        names = list(grid)
+        for name in names:
+            values = grid[name]
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise ValueError(
+                    f"grid[{name!r}] must be a non-empty list of values, got {values!r}"
+                )
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    configs = [dict(c) for c in grid]
+    if not configs:
+        raise ValueError("grid must hold at least one configuration, got none")
+    keys = set(configs[0])
+    for i, c in enumerate(configs):
+        if set(c) != keys:
+            raise ValueError(f"grid[{i}] must have the keys {sorted(keys)}, got {sorted(c)}")
+    return configs
+
+
+def stack_problems(problems: Sequence[FederatedProblem]) -> FederatedProblem:
+    """Stacks same-shaped problems along a new leading axis (to ``vmap`` runs over them)."""
+    problems = list(problems)
+    if not problems:
+        raise ValueError("problems must hold at least one FederatedProblem, got none")
+    first = problems[0]
+    for i, p in enumerate(problems):
+        if not isinstance(p, FederatedProblem):
+            raise ValueError(f"problems[{i}] must be a FederatedProblem, got {type(p).__name__}")
+        same = jax.tree.structure(p) == jax.tree.structure(first)
+        shapes = [np.shape(x) for x in jax.tree.leaves(p)]
+        if not same or shapes != [np.shape(x) for x in jax.tree.leaves(first)]:
+            raise ValueError(
+                f"problems[{i}] ({p.name}) must have the same shapes, model and functions as "
+                f"problems[0] ({first.name}) to be run together"
+            )
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *problems)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _build(factory, config, where: str):
+    try:
+        out = factory(**config)
+    except ValueError as err:
+        raise ValueError(f"{where} ({config}): {err}") from err
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(
+            f"factory must return (algorithm, server_optimizer), got {type(out).__name__}"
+        )
+    return out
+
+
+def _groups(factory, configs):
+    """Splits configurations by structure: ``[(indices, static names), ...]``."""
+    names = list(configs[0])
+    numeric = {n for n in names if all(_is_number(c[n]) for c in configs)}
+    by_structure: dict[Any, list[int]] = {}
+    for i, config in enumerate(configs):
+        algorithm, optimizer = _build(factory, config, f"configuration {i}")
+        _check_factory_output(algorithm, optimizer)
+        key = (
+            jax.tree.structure(algorithm),
+            tuple((n, repr(config[n])) for n in names if n not in numeric),
+        )
+        by_structure.setdefault(key, []).append(i)
+    groups = []
+    for indices in by_structure.values():
+        traced = [n for n in sorted(numeric) if len({configs[i][n] for i in indices}) > 1]
+        groups.append((indices, traced))
+    return groups
+
+
+def _check_factory_output(algorithm, optimizer) -> None:
+    from .updates import ClientUpdate
+
+    if not isinstance(algorithm, ClientUpdate):
+        raise ValueError(
+            "factory must return (algorithm, server_optimizer) with algorithm a fedpa "
+            f"ClientUpdate, got {type(algorithm).__name__}"
+        )
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "factory must return (algorithm, server_optimizer) with server_optimizer an "
+            f"optax.GradientTransformation, got {type(optimizer).__name__}"
+        )
+
+
+def _seed_problems(problem, seeds: int, problem_key):
+    """``(problem, batched)``: one shared problem, or a stack with one problem per seed."""
+    if isinstance(problem, FederatedProblem):
+        return problem, False
+    if callable(problem):
+        if problem_key is None:
+            raise ValueError("problem_key must be a PRNG key when problem is a factory, got None")
+        made = [problem(jax.random.fold_in(problem_key, j)) for j in range(seeds)]
+        return stack_problems(made), True
+    problems = list(problem)
+    if len(problems) != seeds:
+        raise ValueError(
+            f"problem must be a FederatedProblem, a factory key -> problem or one problem per "
+            f"seed ({seeds}), got {len(problems)} problems"
+        )
+    return stack_problems(problems), True
+
+
+def sweep(
+    factory: Callable[..., tuple[Any, optax.GradientTransformation]],
+    problem,
+    grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]],
+    rounds: int,
+    clients_per_round: int,
+    seeds: int = 1,
+    key=None,
+    *,
+    problem_key=None,
+    config_chunk_size: int | None = None,
+    client_chunk_size: int | None = None,
+    trace_params: bool = False,
+) -> SweepResult:
+    """Runs every configuration of ``grid`` on ``seeds`` seeds: one compile per structure.
+
+    Args:
+      factory: ``factory(**config) -> (algorithm, server_optimizer)``. It is called once per
+        configuration on concrete values (to validate them and find the structure, before any
+        compute) and once more inside the compiled function with the grid's numeric values
+        traced, so build the optimizer inside it (``optax.sgd(server_lr)``).
+      problem: a :class:`~fedpa.problems.FederatedProblem` shared by all seeds, a sequence of
+        ``seeds`` same-shaped problems, or a factory ``key -> problem`` called with
+        ``jax.random.fold_in(problem_key, j)`` for seed ``j``.
+      grid: ``{name: [values]}`` (Cartesian product, last name fastest) or a list of dicts.
+      rounds, clients_per_round: as in :func:`fedpa.run`.
+      seeds: independent runs per configuration, ``>= 1``; seed ``j`` uses the run key
+        ``jax.random.fold_in(key, j)``.
+      key: PRNG key (required).
+      problem_key: PRNG key for a problem factory.
+      config_chunk_size: evaluate this many configurations at a time (``lax.map`` with a batch
+        size; bounds memory for large grids); ``None``: all at once.
+      client_chunk_size: as in :func:`fedpa.run`.
+      trace_params: also record the flattened model after every round.
+
+    Returns:
+      A :class:`SweepResult`.
+    """
+    configs = grid_configs(grid)
+    seeds = _validate.integer("seeds", seeds, minimum=1)
+    if config_chunk_size is not None:
+        config_chunk_size = _validate.integer("config_chunk_size", config_chunk_size, minimum=1)
+    if client_chunk_size is not None:
+        client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
+    problems, batched = _seed_problems(problem, seeds, problem_key)
+    first = jax.tree.map(lambda a: a[0], problems) if batched else problems
+    groups = _groups(factory, configs)
+    algorithm, optimizer = factory(**configs[0])
+    rounds, clients_per_round, _ = check_run_args(
+        algorithm, first, rounds, clients_per_round, optimizer, key
+    )
+    seed_keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(seeds))
+    static = dict(
+        rounds=rounds,
+        clients_per_round=clients_per_round,
+        client_chunk_size=client_chunk_size,
+        trace_params=trace_params,
+    )
+    histories: list = [None] * len(configs)
+    finals: list = [None] * len(configs)
+    for indices, traced in groups:
+        fixed = {n: v for n, v in configs[indices[0]].items() if n not in traced}
+        values = {n: _stack([configs[i][n] for i in indices]) for n in traced}
+        hist, params = _run_group(
+            factory, fixed, values, seed_keys, problems, batched, config_chunk_size, static
+        )
+        for pos, i in enumerate(indices):
+            histories[i] = jax.tree.map(lambda a, pos=pos: a[pos], hist)
+            finals[i] = jax.tree.map(lambda a, pos=pos: a[pos], params)
+    history = {k: np.stack([np.asarray(h[k]) for h in histories]) for k in histories[0]}
+    params = jax.tree.map(lambda *p: np.stack([np.asarray(x) for x in p]), *finals)
+    return SweepResult(configs, history, params, seeds)
+
+
+def _stack(values):
+    if all(isinstance(v, numbers.Integral) for v in values):
+        return jnp.asarray(values, jnp.int32)
+    return jnp.asarray(values, jnp.result_type(float))
+
+
+def _run_group(factory, fixed, values, seed_keys, problems, batched, chunk, static):
+    @jax.jit
+    def compiled(values, seed_keys, problems):
+        def one_config(traced):
+            algorithm, optimizer = factory(**fixed, **traced)
+
+            def one_seed(key, problem):
+                params = problem.init_params
+                state = ServerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+                state, history = run_rounds(key, state, problem, algorithm, optimizer, **static)
+                return history, state.params
+
+            return jax.vmap(one_seed, in_axes=(0, 0 if batched else None))(seed_keys, problems)
+
+        if not values:  # one configuration in this group
+            return jax.tree.map(lambda a: a[None], one_config({}))
+        if chunk is None:
+            return jax.vmap(one_config)(values)
+        return jax.lax.map(one_config, values, batch_size=chunk)
+
+    return compiled(values, seed_keys, problems)
