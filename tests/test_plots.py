@@ -1,4 +1,4 @@
-"""fedpa.plots: objective grids, contour/trajectory panels, the GIF animation, the bias figure."""
+"""fedpa_book.plotting: objective grids, panels, the GIF animation, the bias figure, save."""
 
 import dataclasses
 
@@ -14,7 +14,9 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fedpa import figures, plots, problems  # noqa: E402
+from fedpa import problems  # noqa: E402
+from fedpa_book import plotting as plots  # noqa: E402
+from fedpa_book.plotting import ALGORITHM_COLORS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +99,15 @@ def test_plot_trajectories_draws_the_paths(two_d):
     # Two FedAvg variants: distinct shades, the last one the family color.
     colors = [arts[n][0].get_color() for n in fedavg]
     assert colors[0] != colors[1]
-    np.testing.assert_allclose(to_rgb(colors[1]), to_rgb(figures.ALGORITHM_COLORS["FedAvg"]))
+    np.testing.assert_allclose(to_rgb(colors[1]), to_rgb(ALGORITHM_COLORS["FedAvg"]))
     with pytest.raises(ValueError, match=r"shape \(T, 2\)"):
         plots.plot_trajectories(ax, {"x": np.zeros((4, 3))})
 
 
 def test_algorithm_color_families():
-    assert plots.algorithm_color("FedPA (100 samples)") == to_rgb(figures.ALGORITHM_COLORS["FedPA"])
+    assert plots.algorithm_color("FedPA (100 samples)") == to_rgb(ALGORITHM_COLORS["FedPA"])
     light = plots.algorithm_color("mini-batch SGD", 0, 3)
-    base = to_rgb(figures.ALGORITHM_COLORS["mini-batch SGD"])
+    base = to_rgb(ALGORITHM_COLORS["mini-batch SGD"])
     assert all(lc >= bc for lc, bc in zip(light, base, strict=True)) and light != base
     with pytest.raises(ValueError, match="index"):
         plots.algorithm_color("FedAvg", 3, 2)
@@ -166,3 +168,34 @@ def test_bias_figure_draws_every_heterogeneity():
     labels = [t.get_text() for t in log.get_legend().get_texts()]
     assert sum("exact fixed point" in t for t in labels) == len(hs)
     assert any("FedPA-exact" in t for t in labels)
+
+
+def test_save_writes_data_params_and_provenance_and_returns_nothing(tmp_path):
+    import json
+
+    import jax as _jax
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    table = pd.DataFrame({"round": [0, 1], "loss": [1.0, 0.5]})
+    out = plots.save(fig, "fig_a", chapter="ch", data=table, params={"seed": np.int64(3)},
+                     output_dir=tmp_path)  # fmt: skip
+    assert out is None  # a final save(...) in a cell shows nothing
+    folder = tmp_path / "ch"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "fig_a.csv",
+        "fig_a.params.json",
+        "fig_a.png",
+    ]
+    assert (folder / "fig_a.csv").read_text() == "round,loss\n0,1\n1,0.5\n"
+    meta = json.loads((folder / "fig_a.params.json").read_text())
+    assert meta["params"] == {"seed": 3}
+    prov = meta["provenance"]
+    assert prov["jax"] == _jax.__version__ and prov["numpy"] == np.__version__
+    assert prov["backend"] == _jax.default_backend() and prov["cpu"] and prov["jaxlib"]
+    assert prov["date"][:2] == "20"
+    plots.save(fig, "fig_b", chapter="ch", data={"x": np.arange(3)}, output_dir=tmp_path)
+    doc = json.loads((folder / "fig_b.json").read_text())
+    assert doc["data"] == {"x": [0, 1, 2]} and set(doc) == {"data", "params", "provenance"}
+    with pytest.raises(ValueError, match="name must be a plain file stem"):
+        plots.save(fig, "a/b", chapter="ch", data=table, output_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""`fedpa reproduce`: specs, parameter validation, literal parsing, atomic execution, the book.
+"""`fedpa reproduce` (fedpa_book.reproduce): specs, validation, parsing, execution, the book.
 
 Real chapters are never executed here: one tiny synthetic notebook (no imports) runs through
 papermill end to end, everything else is checked without a kernel.
@@ -15,8 +15,10 @@ import nbformat
 import pytest
 import yaml
 
-from fedpa import reproduce as rp
-from fedpa.__main__ import main
+from fedpa_book import reproduce as rp
+from fedpa_book.plotting import io as plotting_io
+from fedpa_book.reproduce import build, execute
+from fedpa_book.reproduce.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_ORDER = [
@@ -80,14 +82,15 @@ with open(os.path.join(folder, "fig_a.json"), "w") as f:
 print("rounds", rounds, "lr", lr, "method", method, "sizes", sizes)
 """
 
+# Types come from the parameters cell's literals; the spec adds ranges and choices only
+# (``verbose`` is not in the spec at all).
 SPEC = {
     "parameters": {
-        "rounds": {"type": "int", "min": 1, "max": 1000, "help": "server rounds"},
-        "lr": {"type": "float", "min": 0.0, "max": 1.0},
-        "method": {"type": "str", "choices": ["fedavg", "fedpa"]},
-        "sizes": {"type": "list[int]", "min": 1},
-        "verbose": {"type": "bool"},
-        "seed": {"type": "int", "min": 0},
+        "rounds": {"min": 1, "max": 1000, "help": "server rounds"},
+        "lr": {"min": 0.0, "max": 1.0},
+        "method": {"choices": ["fedavg", "fedpa"]},
+        "sizes": {"min": 1},
+        "seed": {"min": 0},
     },
     "profiles": {"smoke": {"rounds": 3}, "paper": {}},
     "figures": ["fig_a"],
@@ -120,7 +123,7 @@ def no_execution(monkeypatch):
         calls.append(args)
         raise AssertionError("a notebook was executed before validation finished")
 
-    monkeypatch.setattr(rp, "execute_chapter", forbidden)
+    monkeypatch.setattr(execute, "execute_chapter", forbidden)
     return calls
 
 
@@ -132,17 +135,17 @@ def no_execution(monkeypatch):
     "override, fragment",
     [
         (("nonexistent", "3"), "unknown parameter 'nonexistent'"),
-        (("rounds", "1.5"), "parameter 'rounds' must be an int"),
-        (("rounds", "abc"), "parameter 'rounds' must be an int"),
-        (("rounds", "true"), "parameter 'rounds' must be an int"),
+        (("rounds", "1.5"), "parameter 'rounds' must be int in [1, 1000], got 1.5"),
+        (("rounds", "abc"), "parameter 'rounds' must be int in [1, 1000], got 'abc'"),
+        (("rounds", "true"), "parameter 'rounds' must be int in [1, 1000], got True"),
         (("rounds", "0"), "parameter 'rounds' must be int in [1, 1000]"),
         (("rounds", "1001"), "parameter 'rounds' must be int in [1, 1000]"),
         (("lr", "1.5"), "parameter 'lr' must be float in [0, 1]"),
-        (("lr", "nan"), "parameter 'lr' must be a float"),
+        (("lr", "nan"), "parameter 'lr' must be float in [0, 1]"),
         (("method", "sgd"), "parameter 'method' must be str one of"),
         (("sizes", "[1, 0]"), "parameter 'sizes' must be list[int] in [1, inf]"),
-        (("sizes", "[1, 2.5]"), "parameter 'sizes' must be a list[int]"),
-        (("verbose", "maybe"), "parameter 'verbose' must be a bool"),
+        (("sizes", "[1, 2.5]"), "parameter 'sizes' must be list[int]"),
+        (("verbose", "maybe"), "parameter 'verbose' must be bool, got 'maybe'"),
         (("tiny.nonexistent", "1"), "unknown parameter 'nonexistent'"),
     ],
 )
@@ -200,11 +203,15 @@ def test_spec_errors_name_notebook_and_parameter(tmp_path):
         rp.discover(root)
     bad_type = dict(SPEC, parameters=dict(SPEC["parameters"], lr={"type": "double"}))
     root = make_root(tmp_path / "b", spec=bad_type)
-    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'lr' has type 'double'"):
+    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': .*parameter 'lr' type: 'double'"):
         rp.discover(root)
     unknown_key = dict(SPEC, parameters=dict(SPEC["parameters"], lr={"type": "float", "mn": 0}))
     root = make_root(tmp_path / "c", spec=unknown_key)
-    with pytest.raises(rp.SpecError, match=r"parameter 'lr' has unknown keys \['mn'\]"):
+    with pytest.raises(rp.SpecError, match=r"parameter 'lr': .*'mn' was unexpected"):
+        rp.discover(root)
+    bad_tolerance = dict(SPEC, figures={"fig_a": {"tolerance": {"rtol": -1}}})
+    root = make_root(tmp_path / "d", spec=bad_tolerance)
+    with pytest.raises(rp.SpecError, match=r"figures/fig_a/tolerance/rtol: -1 is less than"):
         rp.discover(root)
 
 
@@ -213,17 +220,29 @@ def test_spec_and_parameters_cell_must_agree(tmp_path):
     extra = dict(SPEC, parameters=dict(SPEC["parameters"], clients={"type": "int"}))
     root = make_root(tmp_path / "a", spec=extra)
     with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'clients' is declared"):
-        rp.check_chapter(rp.discover(root)[0])
-    # in the cell but not declared
-    params = {k: v for k, v in SPEC["parameters"].items() if k != "lr"}
-    root = make_root(tmp_path / "b", spec=dict(SPEC, parameters=params))
-    with pytest.raises(rp.SpecError, match=r"notebook 'tiny': parameter 'lr' is in the parameters"):
-        rp.check_chapter(rp.discover(root)[0])
+        rp.discover(root)
+    # in the cell only: declared once, its type is its default's
+    chapter = rp.discover(make_root(tmp_path / "b"))[0]
+    types = {name: p.type for name, p in chapter.parameters.items()}
+    assert types == {
+        "seed": "int",
+        "rounds": "int",
+        "lr": "float",
+        "method": "str",
+        "sizes": "list[int]",
+        "verbose": "bool",
+    }
+    assert chapter.parameters["rounds"].help == "server rounds"
     # a default that violates the spec
     narrow = dict(SPEC, parameters=dict(SPEC["parameters"], rounds={"type": "int", "max": 10}))
     root = make_root(tmp_path / "c", spec=narrow)
     with pytest.raises(rp.SpecError, match=r"parameter 'rounds' .*the parameters cell"):
-        rp.check_chapter(rp.discover(root)[0])
+        rp.discover(root)
+    # the spec's type wins over the literal's (a float parameter written as 1)
+    wide = dict(SPEC, parameters=dict(SPEC["parameters"], rounds={"type": "float"}))
+    chapter = rp.discover(make_root(tmp_path / "d", spec=wide))[0]
+    assert chapter.parameters["rounds"].default == 100.0
+    assert rp.resolve([chapter], "paper", [("rounds", "2.5")])["tiny"]["rounds"] == 2.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,22 +267,19 @@ def test_parse_literal_never_evaluates(tmp_path):
     assert rp.parse_literal("2021-01-01") == "2021-01-01"  # a YAML date stays text
 
 
-def test_parameters_cell_is_read_with_literal_eval(tmp_path):
+def test_parameters_cell_is_read_as_literals_never_run(tmp_path):
     marker = tmp_path / "pwned"
-    body = f"import pathlib\nrounds = pathlib.Path({str(marker)!r}).touch()"
-    nb = tmp_path / "evil.md"
-    nb.write_text(
-        HEADER + f"\n# Evil\n\n```{{code-cell}} ipython3\n:tags: [parameters]\n\n{body}\n```\n"
-    )
-    with pytest.raises(rp.SpecError, match="notebook 'evil': the parameters cell may only assign"):
-        rp.parameters_cell(nb)
-    nb.write_text(
-        HEADER
-        + "\n# Evil\n\n```{code-cell} ipython3\n:tags: [parameters]\n\n"
-        + f"rounds = __import__('pathlib').Path({str(marker)!r}).touch()\n```\n"
-    )
-    with pytest.raises(rp.SpecError, match="parameter 'rounds' = .* is not a plain literal"):
-        rp.parameters_cell(nb)
+    (tmp_path / "evil.yml").write_text("profiles: {paper: {}}\n")
+    for body in (
+        f"import pathlib\nrounds = pathlib.Path({str(marker)!r}).touch()",
+        f"rounds = __import__('pathlib').Path({str(marker)!r}).touch()",
+    ):
+        (tmp_path / "evil.md").write_text(
+            HEADER + "\n# Evil\n\n```{code-cell} ipython3\n:tags: [parameters]\n\n"
+            f"output_dir = 'figures'\nseed = 0\n{body}\n```\n"
+        )
+        with pytest.raises(rp.SpecError, match=r"parameter '\w+' = .* is not a plain literal"):
+            rp.load_chapter(tmp_path / "evil.yml")
     assert not marker.exists()
 
 
@@ -285,8 +301,6 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
     assert "Rerun this page" in text and "fedpa reproduce --only tiny --profile smoke" in text
     assert (figures / "tiny" / "fig_a.png").is_file()
     assert re.search(r"tiny\s+ok\s+[\d.]+\s+1: fig_a", out.out)  # the summary table
-    manifest = json.loads((root / "_build" / "executed" / "manifest.json").read_text())
-    assert manifest["notebooks"]["tiny"]["parameters"]["lr"] == 0.25
     before = executed.read_bytes()
 
     # Now the notebook raises: non-zero exit, the error cell shown, the old output untouched,
@@ -300,7 +314,7 @@ def test_end_to_end_success_then_failure_is_atomic(tmp_path, monkeypatch, capsys
     assert 'raise RuntimeError("boom in cell")' in out.err  # the failing cell's source
     assert re.search(r"tiny\s+FAILED", out.out)
     assert executed.read_bytes() == before
-    assert sorted(p.name for p in executed.parent.iterdir()) == ["manifest.json", "tiny.ipynb"]
+    assert sorted(p.name for p in executed.parent.iterdir()) == ["tiny.ipynb"]
     assert (root / "_build" / "failed" / "tiny.ipynb").is_file()
 
 
@@ -317,58 +331,23 @@ def test_parallel_jobs_keep_the_books_order(root, tmp_path, monkeypatch):
         ("tiny2", True, ["fig_a.png"]),
     ]
     executed = sorted(p.name for p in (root / "_build" / "executed").iterdir())
-    assert executed == ["manifest.json", "tiny.ipynb", "tiny2.ipynb"]
+    assert executed == ["tiny.ipynb", "tiny2.ipynb"]
     with pytest.raises(rp.SpecError, match="jobs must be an integer >= 1"):
         rp.reproduce(root=root, jobs=0)
 
 
-def test_declared_figures_get_a_caption_and_label():
-    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "F"})
-    saves = nbformat.v4.new_code_cell('fedpa.figures.save(\n    fig, "fig_a", chapter="tiny")')
-    saves.outputs = [image]
-    undeclared = nbformat.v4.new_code_cell('save(fig, "fig_other", chapter="tiny")')
-    undeclared.outputs = [image]
-    own = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")')
-    own.outputs = [image]
-    own.metadata["mystnb"] = {"figure": {"caption": "Mine", "name": "mine"}}
-    two = nbformat.v4.new_code_cell('save(fig, "fig_a", chapter="tiny")\nfig')
-    two.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "F"}), image]
-    nb = nbformat.v4.new_notebook(cells=[saves, undeclared, own, two])
-    rp._caption_figures(nb, "tiny", ["fig_a"])
-    assert "mystnb" not in two.metadata  # the label would be duplicated on the text output
-    figure = saves.metadata["mystnb"]["figure"]
-    assert figure["name"] == "tiny-fig_a"
-    assert "fedpa reproduce --only tiny" in figure["caption"]
-    assert "mystnb" not in undeclared.metadata
-    assert own.metadata["mystnb"]["figure"] == {"caption": "Mine", "name": "mine"}
-
-
-def test_the_paths_returned_by_a_final_save_call_are_not_shown():
-    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "F"})
-    paths = nbformat.v4.new_output("execute_result", data={"text/plain": "{'png': PosixPath(..)}"})
-    cell = nbformat.v4.new_code_cell('fedpa.figures.save(\n    fig, "fig_a", chapter="tiny"\n)')
-    cell.outputs = [image, paths]
-    last_is_table = nbformat.v4.new_code_cell('fedpa.figures.save(fig, "fig_a")\ntable')
-    last_is_table.outputs = [image, paths]
-    nb = nbformat.v4.new_notebook(cells=[cell, last_is_table])
-    rp._finish_notebook(nb, "tiny", "smoke", {}, "book/tiny.md", ["fig_a"])
-    assert cell.outputs == [image]
-    assert cell.metadata["mystnb"]["figure"]["name"] == "tiny-fig_a"  # now the only output
-    assert last_is_table.outputs == [image, paths]  # not a save() result: kept
-
-
 def test_atomic_write_leaves_old_file_or_new_never_half(tmp_path, monkeypatch):
     target = tmp_path / "executed" / "tiny.ipynb"
-    rp._atomic_write(target, "old")
+    plotting_io.atomic_write(target, "old")
     assert target.read_text() == "old" and (target.stat().st_mode & 0o777) == 0o644
 
     def crash(src, dst):
         assert Path(src).read_text() == "new, complete"  # fully written before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rp.os, "replace", crash)
+    monkeypatch.setattr(plotting_io.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        rp._atomic_write(target, "new, complete")
+        plotting_io.atomic_write(target, "new, complete")
     assert target.read_text() == "old"
     assert [p.name for p in target.parent.iterdir()] == ["tiny.ipynb"]  # no temporary left
 
@@ -382,7 +361,7 @@ def test_missing_or_stale_figures_fail_naming_them(root, tmp_path):
         rp.check_figures(chapter, out)
     (out / "tiny").mkdir(parents=True)
     (out / "tiny" / "fig_a.png").write_bytes(b"png")
-    with pytest.raises(rp.MissingFigureError, match="figure 'fig_a' without its data"):
+    with pytest.raises(rp.MissingFigureError, match="figure 'fig_a': written without its data"):
         rp.check_figures(chapter, out)
     (out / "tiny" / "fig_a.csv").write_text("a\n1\n")
     assert rp.check_figures(chapter, out) == ["fig_a.png"]
@@ -402,9 +381,7 @@ REAL_SPECS = sorted((REPO / "book").glob("*.yml"))
 @pytest.mark.parametrize("spec", REAL_SPECS, ids=[p.stem for p in REAL_SPECS])
 def test_every_book_spec_matches_its_notebook(spec):
     assert spec.with_suffix(".md").is_file(), f"{spec.name} has no notebook beside it"
-    chapter = rp.load_spec(spec)
-    defaults = rp.check_chapter(chapter)
-    assert defaults["output_dir"] == "figures"
+    chapter = rp.load_chapter(spec)
     assert "seed" in chapter.parameters
     for profile in rp.PROFILES:
         assert profile in chapter.profiles, f"{spec.name} lacks the {profile!r} profile"
@@ -414,13 +391,14 @@ def test_every_book_spec_matches_its_notebook(spec):
 
 def test_toc_lists_the_chapters_in_the_papers_order():
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
-    stems = [Path(e).name for e in rp._toc_files(toc)]
+    stems = rp.spec.toc_stems(toc)
     assert stems == PAPER_ORDER
     for spec in REAL_SPECS:
         assert spec.stem in stems, f"chapter {spec.stem} is missing from _toc.yml"
     config = yaml.safe_load((REPO / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    assert "fedpa_book.reproduce.build" in config["sphinx"]["extra_extensions"]
 
 
 def test_intro_figure_table_lists_only_declared_figures():
@@ -428,9 +406,9 @@ def test_intro_figure_table_lists_only_declared_figures():
     assert "reproduce.figure_table(" in intro  # generated from the specs at execution time
     declared = {}
     for spec in REAL_SPECS:
-        for fig in rp.load_spec(spec).figures:
+        for fig in rp.load_chapter(spec).figures:
             declared[fig] = spec.stem
-    table = rp.figure_table(REPO / "book")
+    table = build.figure_table(REPO / "book")
     listed = {}
     for row in table.splitlines()[2:]:
         chapter, figs, command = (cell.strip() for cell in row.strip("|").split("|"))
@@ -448,24 +426,23 @@ def test_intro_figure_table_lists_only_declared_figures():
 # Book staging and the offline check
 
 
-def test_stage_book_requires_executed_chapters_and_drops_missing_files(root, tmp_path):
+def test_staged_site_holds_executed_chapters_and_plain_pages_unchanged(root):
     (root / "_config.yml").write_text("title: t\n")
-    with pytest.raises(rp.SpecError, match="not executed yet.*tiny"):
-        rp.stage_book(root, root / "_build", log=lambda *a, **k: None)
+    with pytest.raises(rp.SpecError, match="not executed yet: tiny"):
+        build._stage(root, root / "_build")
     executed = root / "_build" / "executed"
     executed.mkdir(parents=True)
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\nSee [me](tiny.md#x) and [api](api.md).")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny\n\nSee {doc}`api`.")]
     nbformat.write(nb, executed / "tiny.ipynb")
-    notes = []
-    site = rp.stage_book(root, root / "_build", log=notes.append)
-    staged = yaml.safe_load((site / "_toc.yml").read_text())
-    assert staged == {"format": "jb-book", "root": "book/tiny", "chapters": []}
-    # links to chapters name the staged executed notebook; links to plain pages are kept
-    source = nbformat.read(site / "book" / "tiny.ipynb", as_version=4).cells[0].source
-    assert source == "# Tiny\n\nSee [me](tiny.ipynb#x) and [api](api.md)."
-    assert (site / "_config.yml").is_file()
-    assert any("book/missing" in n for n in notes)
+    with pytest.raises(rp.SpecError, match="pages that do not exist: missing"):
+        build._stage(root, root / "_build")
+    (root / "book" / "missing.md").write_text("# A plain page\n")
+    site = build._stage(root, root / "_build")
+    assert (site / "_toc.yml").read_text() == (root / "_toc.yml").read_text()
+    assert (site / "book" / "tiny.ipynb").read_bytes() == (executed / "tiny.ipynb").read_bytes()
+    assert (site / "book" / "missing.md").read_text() == "# A plain page\n"
+    assert not (site / "book" / "tiny.md").exists()  # one file per page name
 
 
 def test_offline_check_flags_cdn_assets(tmp_path):
@@ -476,10 +453,10 @@ def test_offline_check_flags_cdn_assets(tmp_path):
     page.write_text(
         '<script defer src="_static/mathjax/tex-chtml.js"></script><a href="https://x">'
     )
-    assert rp.check_offline_html(html) == []
+    assert build.check_offline_html(html) == []
     page.write_text(
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
     )
-    problems = rp.check_offline_html(html)
+    problems = build.check_offline_html(html)
     assert any("cdn.jsdelivr.net" in p for p in problems)
     assert any("local MathJax" in p for p in problems)

@@ -1,17 +1,24 @@
-"""Figure helpers for the book: one theme, and figures saved atomically with their data.
+"""Figures saved atomically with their data and provenance.
 
 Each figure's data is the truth; the PNG is a view of it. :func:`save` writes
-``<output_dir>/<chapter>/<name>.png`` (and ``.svg`` on request) next to ``<name>.csv`` (a table)
-or ``<name>.json`` (anything else), each through a temporary file and an atomic rename, so a crash
-never leaves a half-written file. Data files are byte-for-byte deterministic for the same inputs.
+``<output_dir>/<chapter>/<name>.png`` (and ``.svg`` on request) next to ``<name>.csv`` (a table,
+with ``<name>.params.json`` beside it) or ``<name>.json`` (anything else), each through a
+temporary file and an atomic rename, so a crash never leaves a half-written file. The metadata
+holds the parameters and the :func:`provenance` of the run (library versions, backend, CPU,
+date); the data itself is byte-for-byte deterministic for the same inputs on the same machine
+and library versions, and ``fedpa reproduce --check`` compares it elsewhere within tolerances.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
+import importlib.metadata
 import io
 import json
 import os
+import platform
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,34 +26,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["theme", "save", "atomic_write", "to_jsonable", "ALGORITHM_COLORS"]
+__all__ = ["save", "atomic_write", "to_jsonable", "provenance", "METADATA_KEYS"]
 
-# One color per algorithm family, the same in every chapter.
-ALGORITHM_COLORS = {
-    "mini-batch SGD": "#7f7f7f",
-    "FedAvg": "#d62728",
-    "FedPA": "#1f77b4",
-    "FedPA-exact": "#1f77b4",
-    "FedPA-IASG": "#2ca02c",
-    "optimum": "#000000",
-}
-
-
-def theme() -> None:
-    """The book's seaborn theme (call once per notebook)."""
-    import matplotlib as mpl
-    import seaborn as sns
-
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
-    mpl.rcParams.update(
-        {
-            "figure.dpi": 100,
-            "savefig.dpi": 150,
-            "savefig.bbox": "tight",
-            "svg.hashsalt": "fedpa",  # deterministic SVG ids
-            "axes.titleweight": "bold",
-        }
-    )
+# Keys of the JSON metadata that describe the run, not the result (``--check`` skips them).
+METADATA_KEYS = ("provenance",)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -94,6 +77,39 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+@functools.cache
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a figure was made: library versions, JAX backend, CPU model, date."""
+    import jax
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d.device_kind) for d in jax.devices()],
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def _figure_bytes(fig, fmt: str) -> bytes:
     buf = io.BytesIO()
     metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
@@ -110,8 +126,8 @@ def save(
     params: Mapping[str, Any] | None = None,
     output_dir: str | os.PathLike = "figures",
     formats: Iterable[str] = ("png",),
-) -> dict[str, Path]:
-    """Saves a figure and the data behind it into ``<output_dir>/<chapter>/``.
+) -> None:
+    """Saves a figure, the data behind it and its provenance into ``<output_dir>/<chapter>/``.
 
     Args:
       fig: a matplotlib figure.
@@ -119,13 +135,12 @@ def save(
       chapter: subfolder, e.g. ``"02_posterior_inference"``.
       data: a pandas ``DataFrame`` (written as ``<name>.csv``, with ``params`` in a sidecar
         ``<name>.params.json``) or any JSON-able structure (written as ``<name>.json`` with
-        ``params`` inside).
+        ``params`` inside). Both metadata files also hold ``provenance`` (:func:`provenance`).
       params: the notebook parameters and seed that produced the figure.
       output_dir: root folder for figures.
       formats: image formats, ``"png"`` and/or ``"svg"``.
 
-    Returns:
-      ``{kind: path}`` of every file written.
+    Nothing is returned, so a ``save(...)`` call that ends a notebook cell shows no output.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name must be a plain file stem, got {name!r}")
@@ -136,17 +151,15 @@ def save(
         if fmt not in ("png", "svg"):
             raise ValueError(f"formats must be 'png' and/or 'svg', got {fmt!r}")
     folder = Path(output_dir) / chapter
-    params = to_jsonable(dict(params or {}))
-    written: dict[str, Path] = {}
+    meta = {"params": to_jsonable(dict(params or {})), "provenance": provenance()}
     if hasattr(data, "to_csv"):
         csv = data.to_csv(index=False, float_format="%.10g", lineterminator="\n")
-        written["csv"] = atomic_write(folder / f"{name}.csv", csv.encode())
-        meta = json.dumps({"params": params}, indent=2, sort_keys=True) + "\n"
-        written["params"] = atomic_write(folder / f"{name}.params.json", meta.encode())
+        atomic_write(folder / f"{name}.csv", csv)
+        atomic_write(
+            folder / f"{name}.params.json", json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        )
     else:
-        payload = {"params": params, "data": to_jsonable(data)}
-        text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-        written["json"] = atomic_write(folder / f"{name}.json", text.encode())
+        payload = dict(meta, data=to_jsonable(data))
+        atomic_write(folder / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     for fmt in formats:
-        written[fmt] = atomic_write(folder / f"{name}.{fmt}", _figure_bytes(fig, fmt))
-    return written
+        atomic_write(folder / f"{name}.{fmt}", _figure_bytes(fig, fmt))

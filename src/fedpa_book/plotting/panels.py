@@ -9,8 +9,8 @@
   writes it as a GIF atomically and :func:`gif_html` embeds that GIF in a page.
 * :func:`plot_distances` and :func:`bias_figure` are the line plots of the FedAvg-bias chapter.
 
-Colors follow :data:`fedpa.figures.ALGORITHM_COLORS` (one hue per algorithm family, lighter
-shades for the variants of a family).
+Colors follow :data:`fedpa_book.plotting.ALGORITHM_COLORS` (one hue per algorithm family,
+lighter shades for the variants of a family).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import ALGORITHM_COLORS
-from .problems import FederatedProblem
+from fedpa.problems import FederatedProblem
+
+from .io import atomic_write
+from .style import ALGORITHM_COLORS, CLIENT_COLORS, FAMILIES, algorithm_color
 
 __all__ = [
-    "CLIENT_COLORS",
-    "algorithm_color",
     "objective_grid",
     "plot_objectives",
     "plot_trajectories",
@@ -39,28 +39,6 @@ __all__ = [
     "gif_html",
     "bias_figure",
 ]
-
-CLIENT_COLORS = ("#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#f0e442", "#d55e00")
-
-_FAMILIES = ("FedPA-IASG", "FedPA-exact", "FedPA", "FedAvg", "mini-batch SGD")
-
-
-def algorithm_color(name: str, index: int = 0, count: int = 1):
-    """The color of algorithm ``name`` (matched by family prefix), variant ``index`` of ``count``.
-
-    Variants of one family get shades from light (``index = 0``) to the family color
-    (``index = count - 1``). Returns an RGB tuple.
-    """
-    from matplotlib.colors import to_rgb
-
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"index must be in [0, count) with count >= 1, got {index=}, {count=}")
-    base = next(
-        (ALGORITHM_COLORS[f] for f in _FAMILIES if name.startswith(f)), ALGORITHM_COLORS["optimum"]
-    )
-    rgb = np.asarray(to_rgb(base))
-    lighten = 0.55 * (count - 1 - index) / max(count - 1, 1)
-    return tuple(float(c) for c in rgb + (1.0 - rgb) * lighten)
 
 
 def _quadratic_parts(problem: FederatedProblem):
@@ -164,7 +142,7 @@ def _colors(trajectories: Mapping[str, np.ndarray], colors) -> dict:
         return dict(colors)
     families: dict[str, list[str]] = {}
     for name in trajectories:
-        fam = next((f for f in _FAMILIES if name.startswith(f)), name)
+        fam = next((f for f in FAMILIES if name.startswith(f)), name)
         families.setdefault(fam, []).append(name)
     out = {}
     for names in families.values():
@@ -368,10 +346,8 @@ def save_animation(
     """Writes frames (from :func:`animate_trajectories`) as ``<output_dir>/<chapter>/<name>.gif``.
 
     The GIF (looping, ``fps`` frames per second, the last frame held ``hold_last`` times longer)
-    is encoded in memory and written atomically with :func:`fedpa.figures.atomic_write`.
+    is encoded in memory and written atomically with :func:`fedpa_book.plotting.atomic_write`.
     """
-    from .figures import atomic_write
-
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"name must be a plain file stem, got {name!r}")
     if not chapter or "/" in chapter:
