@@ -1,10 +1,10 @@
-# Two entry points (see README):  `make book`  and  `make test`.
+# Two entry points (see README):  `make book`  and  `make test`  (`make check`: figures still follow).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROFILE ?= paper
 
-.PHONY: book test figures html lint format clean bench
+.PHONY: book test figures check html lint format clean bench
 
 $(BIN)/.fedpa-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ FIGURES ?= $(if $(filter paper,$(PROFILE)),figures,_build/figures/$(PROFILE))
 
 figures: $(BIN)/.fedpa-installed
 	$(BIN)/fedpa reproduce --profile $(PROFILE) --output-dir $(FIGURES)
+
+# Regenerate $(PROFILE) into a temporary folder and compare every committed data file in figures/
+# with it, within the tolerances of book/<stem>.yml (non-zero exit on a mismatch).
+check: $(BIN)/.fedpa-installed
+	$(BIN)/fedpa reproduce --check --profile $(PROFILE) --jobs 2
 
 html: $(BIN)/.fedpa-installed
 	$(BIN)/fedpa book

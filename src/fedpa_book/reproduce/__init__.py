@@ -10,7 +10,7 @@
 """
 
 from .build import build_book, chapter_list, check_offline_html, figure_table
-from .check import check, compare_file, compare_folders
+from .check import compare_file, compare_folders, regenerate_and_compare
 from .cli import list_chapters, main
 from .execute import (
     MissingFigureError,
@@ -49,7 +49,7 @@ __all__ = [
     "Tolerance",
     "build_book",
     "chapter_list",
-    "check",
+    "regenerate_and_compare",
     "check_figures",
     "check_offline_html",
     "compare_file",

@@ -23,7 +23,7 @@ from ..plotting import METADATA_KEYS
 from .execute import RunResult, reproduce
 from .spec import Chapter, Figure, Tolerance
 
-__all__ = ["compare_file", "compare_folders", "check"]
+__all__ = ["compare_file", "compare_folders", "regenerate_and_compare"]
 
 MAX_REPORTED = 5  # mismatching rows reported per column
 
@@ -125,8 +125,8 @@ def compare_folders(
 ) -> list[str]:
     """Every mismatch between ``<committed>/<stem>/`` and ``<regenerated>/<stem>/``, as text.
 
-    Each line names the file (``<stem>/<name>``), and for values the column, the row and both
-    values.
+    Each line names the file (``<stem>/<name>``), and for values the column, the row (0-based,
+    data rows only) and both values.
     """
     out = []
     for chapter in chapters:
@@ -144,7 +144,7 @@ def compare_folders(
     return out
 
 
-def check(
+def regenerate_and_compare(
     *,
     figures_dir: str | Path,
     log=print,

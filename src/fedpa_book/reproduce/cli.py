@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from .build import build_book
-from .check import check
+from .check import regenerate_and_compare
 from .execute import format_summary, reproduce
 from .spec import SpecError, discover, find_root
 
@@ -107,7 +107,7 @@ def _reproduce(args) -> int:
     mismatches: list[str] = []
     if args.check:
         figures = args.output_dir or find_root() / "figures"
-        results, mismatches = check(figures_dir=figures, **run_args)
+        results, mismatches = regenerate_and_compare(figures_dir=figures, **run_args)
     else:
         results = reproduce(output_dir=args.output_dir, **run_args)
     print("\n" + format_summary(results))
