@@ -104,7 +104,7 @@ def test_run_reports_test_accuracy(digits_skewed):
     iid = data.federated_digits(10, float("inf"), seed=0)
     prob = data.classification_problem(m, iid, jax.random.key(0))
     algo = fedpa.fedavg(local_steps=20, local_lr=0.2, batch_size=20)
-    res = fedpa.run(algo, prob, rounds=15, clients_per_round=5, key=jax.random.key(1))
+    res = fedpa.run(algo, None, prob, rounds=15, clients_per_round=5, key=jax.random.key(1))
     for k in ("test_accuracy", "train_accuracy", "test_loss", "objective"):
         assert res.history[k].shape == (15,)
     acc = res.history["test_accuracy"]
@@ -185,31 +185,3 @@ def test_emnist_loader_rejects_other_files(tmp_path):
     _write_tff(tmp_path / "ok.h5", clients)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         data.load_emnist_hdf5(tmp_path / "ok.h5", num_classes=3)
-
-
-def test_classification_runs_match_fedpa_run():
-    """The vmapped driver gives, per problem, exactly what fedpa.run gives with that key."""
-    from fedpa import beyond
-
-    m = models.logistic_regression(64, 10)
-    splits = [data.federated_digits(6, a, seed=1) for a in (0.5, float("inf"))]
-    pad = max(int(d.num_examples.max()) for d in splits)
-    probs = [data.classification_problem(m, d, jax.random.key(0), pad_to=pad) for d in splits]
-    algo = fedpa.fedavg(local_steps=5, local_lr=0.1, batch_size=8)
-    table = beyond.classification_runs(
-        {"FedAvg": algo}, probs, rounds=3, clients_per_round=3, key=jax.random.key(4),
-        labels=[{"alpha": 0.5}, {"alpha": float("inf")}],
-    )  # fmt: skip
-    keys = jax.random.split(jax.random.key(4), 2)
-    for j, (p, k) in enumerate(zip(probs, keys, strict=True)):
-        ref = fedpa.run(algo, p, rounds=3, clients_per_round=3, key=k).history
-        got = table[table["problem"] == j]
-        np.testing.assert_allclose(got["test_accuracy"], ref["test_accuracy"], rtol=1e-5)
-        np.testing.assert_allclose(got["objective"], ref["objective"], rtol=1e-5)
-    unpadded = data.classification_problem(m, splits[0], jax.random.key(0))
-    if unpadded.clients.data["x"].shape != probs[1].clients.data["x"].shape:
-        with pytest.raises(ValueError, match="pad_to"):
-            beyond.classification_runs(
-                {"FedAvg": algo}, [unpadded, probs[1]], rounds=3, clients_per_round=3,
-                key=jax.random.key(4),
-            )  # fmt: skip

@@ -23,7 +23,7 @@ def client_problem():
 def _chains(sampler, p, client, chains=4):
     """``chains`` independent chains from 0, pooled: ``(chains · ℓ, d)``."""
     fn = jax.jit(jax.vmap(lambda k: sampler.sample(k, p.loss_fn, jnp.zeros(3), client)))
-    draws = fn(jax.random.split(jax.random.key(1), chains))
+    draws, _ = fn(jax.random.split(jax.random.key(1), chains))
     return np.asarray(draws).reshape(-1, 3)
 
 
@@ -95,15 +95,16 @@ def test_samplers_take_pytrees_and_padded_clients():
         samplers.sgld(3, 0.1, 2, burnin_steps=2, thinning=2),
         samplers.hmc(3, 0.1, 2, burnin_steps=2),
     ):
-        out = jax.jit(lambda k, s=s: s.sample(k, m.loss, prob.init_params, client))(
+        out, info = jax.jit(lambda k, s=s: s.sample(k, m.loss, prob.init_params, client))(
             jax.random.key(1)
         )
+        assert int(info.num_grad_evals) > 0
         shapes = jax.tree.map(lambda a: a.shape, out)
         want = jax.tree.map(lambda a: (3, *a.shape), prob.init_params)
         assert shapes == want
         assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(out))
-    # FedPA with these samplers is an Algorithm like any other.
-    assert isinstance(fedpa.fedpa(samplers.nuts(4, 0.1)), fedpa.Algorithm)
+    # FedPA with these samplers is a client update like any other.
+    assert isinstance(fedpa.fedpa(samplers.nuts(4, 0.1)), fedpa.ClientUpdate)
 
 
 @pytest.mark.parametrize(

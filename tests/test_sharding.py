@@ -18,7 +18,7 @@ import fedpa
 
 SCRIPT = textwrap.dedent(
     """
-    import importlib, json
+    import json
     import jax, numpy as np, fedpa
     from jax.sharding import Mesh
 
@@ -33,21 +33,22 @@ SCRIPT = textwrap.dedent(
     # chunk padded with weight-zero clients).
     for m, chunk in [(8, None), (10, 3)]:
         kw = dict(rounds=3, clients_per_round=m, key=jax.random.key(2), client_chunk_size=chunk)
-        plain = fedpa.run(algo, prob, **kw)
-        sharded = fedpa.run(algo, prob, mesh=mesh, **kw)
+        plain = fedpa.run(algo, None, prob, **kw)
+        sharded = fedpa.run(algo, None, prob, mesh=mesh, **kw)
         out[f"{m}/{chunk}"] = {
             "plain": np.asarray(plain.params).tolist(),
             "sharded": np.asarray(sharded.params).tolist(),
             "replicated": sharded.params.sharding.is_fully_replicated,
         }
     # The client axis really is split: the compiled round has a cross-device reduction.
-    run_module = importlib.import_module("fedpa.run")
-    opt = run_module._default_optimizer()
-    state = fedpa.server(algo.client_update, 8, opt).init(prob.init_params)
-    text = run_module._run_compiled.lower(
-        jax.random.key(0), state, prob, algorithm=algo, rounds=1, clients_per_round=8,
-        optimizer=opt, chunk=None, mesh=mesh,
-    ).compile().as_text()
+    opt = fedpa.default_server_optimizer()
+    state = fedpa.server(algo, 8, opt).init(prob.init_params)
+    one_round = jax.jit(
+        lambda k, s, p: fedpa.run_rounds(
+            k, s, p, algo, opt, rounds=1, clients_per_round=8, mesh=mesh
+        )
+    )
+    text = one_round.lower(jax.random.key(0), state, prob).compile().as_text()
     out["all_reduce"] = "all-reduce" in text
     print("RESULT" + json.dumps(out))
     """
@@ -83,5 +84,11 @@ def test_mesh_must_be_a_mesh():
     prob = fedpa.problems.quadratic_2d()
     with pytest.raises(ValueError, match="mesh must be a jax.sharding.Mesh"):
         fedpa.run(
-            fedpa.fedpa_exact(), prob, rounds=1, clients_per_round=1, key=jax.random.key(0), mesh=4
+            fedpa.fedpa_exact(),
+            None,
+            prob,
+            rounds=1,
+            clients_per_round=1,
+            key=jax.random.key(0),
+            mesh=4,
         )

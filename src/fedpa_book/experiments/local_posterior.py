@@ -1,63 +1,51 @@
-r"""Experiment drivers for the book: repeated, vectorized studies that return tidy tables.
+r"""Local posterior inference on one client: how good is the FedPA delta from samples?
 
-Each driver runs one study end to end in a few compiled calls and returns a pandas ``DataFrame``
-(one row per measured quantity, ready for seaborn). Notebooks call these and only plot.
+Drivers that return tidy pandas tables (one row per measured quantity, ready for seaborn):
 
-* :func:`delta_errors` — how well does the FedPA delta :math:`\hat\Sigma^{-1}(x - \hat\mu)`
-  computed from ``ℓ`` exact samples of a Gaussian local posterior :math:`\mathcal N(\mu, A^{-1})`
-  estimate the exact delta :math:`A (x - \mu)`, as a function of ``ℓ`` and the shrinkage ``ρ``
-  (bias and variance over repeated draws, ``vmap``-ed).
+* :func:`delta_errors` — error of the delta :math:`\hat\Sigma^{-1}(x - \hat\mu)` from ``ℓ``
+  exact samples of a Gaussian local posterior :math:`\mathcal N(\mu, A^{-1})` against the exact
+  delta :math:`A (x - \mu)`, as a function of ``ℓ`` and the shrinkage ``ρ`` (bias and variance
+  over repeated draws, ``vmap``-ed).
+* :func:`sampler_delta_errors` — the same error for the samples of each local sampler (exact,
+  IASG, SGLD, HMC, NUTS) against ``ℓ`` and the compute the sampler reports.
 * :func:`covariance_fit` — the scalar ``c`` that best matches a sample covariance to ``c A⁻¹``
-  and the remaining shape error (IASG samples have the posterior's *shape*, not its scale).
+  and the remaining shape error (IASG samples have the posterior's *shape*, not its scale);
+  :func:`posterior_covariance` and :func:`covariance_ellipse` for pictures of it.
 * :func:`delta_timings` — wall time of the dynamic program against the direct solve.
-* :func:`convergence` — several federated algorithms on one problem family over several seeds
-  (``vmap`` over seeds: each seed draws its own problem and its own run randomness).
 
-pandas is imported lazily (it belongs to the ``book`` extra).
+Everything here calls public :mod:`fedpa` functions only.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import pandas as pd
 
-from . import _validate, posterior
-from .algorithms import Algorithm
-from .problems import FederatedProblem, GaussianPosterior
-from .run import _default_optimizer, run_many, stack_problems
+import fedpa
+from fedpa import posterior
+from fedpa.problems import Clients, FederatedProblem, GaussianPosterior
+
+from . import _checks
 
 __all__ = [
     "exact_delta",
     "delta_errors",
+    "sampler_delta_errors",
     "covariance_fit",
     "covariance_ellipse",
     "posterior_covariance",
     "delta_timings",
-    "convergence",
-    "final_values",
+    "SAMPLER_KINDS",
 ]
 
-
-def _pandas():
-    import pandas as pd
-
-    return pd
-
-
-def _int_list(name: str, values: Sequence[int], minimum: int) -> tuple[int, ...]:
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"{name} must be a non-empty list of integers, got {values!r}")
-    for v in values:
-        _validate.integer(f"{name} entry", v, minimum=minimum)
-    return tuple(int(v) for v in values)
+SAMPLER_KINDS = ("exact", "iasg", "sgld", "hmc", "nuts")
 
 
 def _check_posterior(post: Any) -> int:
@@ -80,37 +68,37 @@ def _check_posterior(post: Any) -> int:
     return dim
 
 
+def _posterior_client(post: GaussianPosterior) -> Clients:
+    """A one-client record holding only a posterior (what the exact sampler reads)."""
+    return Clients(data=None, num_examples=jnp.ones((), jnp.int32), posterior=post)
+
+
 # ------------------------------------------------------------------ the delta from samples
 
 
 def exact_delta(post: GaussianPosterior, x):
     """The exact FedPA delta ``A (x - μ)`` of a Gaussian posterior ``N(μ, A⁻¹)``; ``(d,)``."""
     dim = _check_posterior(post)
-    _validate.vector("x", x, dim)
+    _checks.vector("x", x, dim)
     return post.precision_matvec(jnp.asarray(x) - post.mean)
-
-
-def _gaussian_draws(key, post: GaussianPosterior, num: int):
-    """``(num, d)`` exact samples ``μ + L⁻ᵀ z`` of ``N(μ, (L Lᵀ)⁻¹)``."""
-    dim = post.mean.shape[-1]
-    z = jax.random.normal(key, (num, dim), post.mean.dtype)
-    offsets = jax.scipy.linalg.solve_triangular(post.precision_cholesky.T, z.T, lower=False)
-    return post.mean + offsets.T
 
 
 @partial(jax.jit, static_argnames=("num_samples", "repeats"))
 def _delta_error_stats(key, post, x, rhos, *, num_samples, repeats):
-    dim = post.mean.shape[-1]
     largest = max(num_samples)
-    # One pool of draws per repeat; the study for ℓ uses its first ℓ rows (common random
+    # One pool of exact draws per repeat; the study for ℓ uses its first ℓ rows (common random
     # numbers across ℓ and ρ make the comparisons sharper).
-    pool = _gaussian_draws(key, post, repeats * largest).reshape(repeats, largest, dim)
+    sampler = fedpa.samplers.ExactGaussian(num_samples=largest)
+    client = _posterior_client(post)
+    pool, _ = jax.vmap(lambda k: sampler.sample(k, None, x, client))(
+        jax.random.split(key, repeats)
+    )  # (R, largest, d)
     target = post.precision_matvec(x - post.mean)
     scale = jnp.linalg.norm(target)
-    over_rhos = jax.vmap(posterior.delta, in_axes=(None, None, 0))  # (ρ,) -> (R, d)
+    over_rhos = jax.vmap(posterior.delta_unchecked, in_axes=(None, None, 0))  # (ρ,) -> (ρ, d)
     over_both = jax.vmap(over_rhos, in_axes=(0, None, None))  # (R, ρ, d)
     stats = []
-    for num in num_samples:  # static sample counts: one scan length each
+    for num in num_samples:  # static sample counts: one slice each
         deltas = over_both(pool[:, :num], x, rhos)  # (R, ρ, d)
         # The best single step size c* = E⟨Δ̂, Δ⟩ / E‖Δ̂‖² (what a tuned server learning rate
         # provides); errors are reported both raw and for c* Δ̂.
@@ -133,13 +121,14 @@ def delta_errors(
     num_samples: Sequence[int],
     rhos: Sequence[float],
     repeats: int = 32,
-):
+) -> pd.DataFrame:
     r"""Error of the FedPA delta from ``ℓ`` exact posterior samples, against ``ℓ`` and ``ρ``.
 
     For each ``ℓ`` in ``num_samples`` and ``ρ`` in ``rhos``, draws ``repeats`` independent sets of
-    ``ℓ`` exact samples of ``N(μ, A⁻¹)``, computes :math:`\hat\Delta = \hat\Sigma^{-1}(x-\hat\mu)`
-    with :func:`fedpa.posterior.delta` and compares it with :math:`\Delta = A(x - \mu)`. All
-    errors are relative to :math:`\lVert\Delta\rVert`, with expectations over the repeats:
+    ``ℓ`` exact samples of ``N(μ, A⁻¹)`` (:func:`fedpa.samplers.exact_gaussian`), computes
+    :math:`\hat\Delta = \hat\Sigma^{-1}(x-\hat\mu)` with :func:`fedpa.posterior.delta` and
+    compares it with :math:`\Delta = A(x - \mu)`. All errors are relative to
+    :math:`\lVert\Delta\rVert`, with expectations over the repeats:
 
     * ``bias`` :math:`= \lVert\mathbb E\hat\Delta - \Delta\rVert / \lVert\Delta\rVert`,
     * ``std`` :math:`= \sqrt{\mathbb E\lVert\hat\Delta - \mathbb E\hat\Delta\rVert^2} /
@@ -159,7 +148,7 @@ def delta_errors(
       post: one client's :class:`~fedpa.problems.GaussianPosterior` (mean ``(d,)``).
       x: ``(d,)`` the server model at which the delta is evaluated (``x ≠ μ``).
       num_samples: sample counts ``ℓ >= 2``.
-      rhos: shrinkage values in ``[0, 1]``.
+      rhos: shrinkage values, each ``>= 0``.
       repeats: independent draws per ``ℓ`` (``>= 2``).
 
     Returns:
@@ -167,12 +156,12 @@ def delta_errors(
       bias_scaled, std_scaled`` (one row per ``(ℓ, ρ)``).
     """
     dim = _check_posterior(post)
-    _validate.vector("x", x, dim)
-    grid = _int_list("num_samples", num_samples, minimum=2)
-    rhos = tuple(float(_validate.rho(r)) for r in rhos)
+    _checks.vector("x", x, dim)
+    grid = _checks.int_list("num_samples", num_samples, minimum=2)
+    rhos = tuple(_checks.rho(r, "rhos entry") for r in rhos)
     if not rhos:
-        raise ValueError("rhos must be a non-empty list of floats in [0, 1], got []")
-    repeats = _validate.integer("repeats", repeats, minimum=2)
+        raise ValueError("rhos must be a non-empty list of floats >= 0, got []")
+    repeats = _checks.integer("repeats", repeats, minimum=2)
     x = jnp.asarray(x, post.mean.dtype)
     if float(jnp.linalg.norm(x - post.mean)) == 0.0:
         raise ValueError("x must differ from the posterior mean (the exact delta is zero there)")
@@ -181,7 +170,6 @@ def delta_errors(
             key, post, x, jnp.asarray(rhos, x.dtype), num_samples=grid, repeats=repeats
         )
     )
-    pd = _pandas()
     rows = [
         {
             "dim": dim,
@@ -201,6 +189,17 @@ def delta_errors(
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------ covariance shape
+
+
+def posterior_covariance(post: GaussianPosterior) -> np.ndarray:
+    """``(d, d)`` covariance ``A⁻¹ = (L Lᵀ)⁻¹`` of one client's posterior, as float64 NumPy."""
+    _check_posterior(post)
+    chol = np.asarray(post.precision_cholesky, dtype=np.float64)
+    inv_chol = np.linalg.inv(chol)
+    return inv_chol.T @ inv_chol
+
+
 def covariance_fit(samples, post: GaussianPosterior) -> dict[str, float]:
     """How well the sample covariance ``S`` of ``samples`` matches the posterior *shape* ``A⁻¹``.
 
@@ -216,7 +215,10 @@ def covariance_fit(samples, post: GaussianPosterior) -> dict[str, float]:
     Returns:
       ``{"scale": c, "shape_error": ...}``.
     """
-    num, dim = _validate.samples_matrix(samples)
+    shape = np.shape(samples)
+    if len(shape) != 2 or shape[0] < 2:
+        raise ValueError(f"samples must have shape (num_samples >= 2, dim), got shape {shape}")
+    num, dim = shape
     if _check_posterior(post) != dim:
         raise ValueError(f"samples have dim {dim} but the posterior has dim {post.mean.shape[0]}")
     # Small host-side linear algebra (float64): no compilation for a one-off fit.
@@ -225,14 +227,6 @@ def covariance_fit(samples, post: GaussianPosterior) -> dict[str, float]:
     scale = np.sum(cov * target) / np.sum(target * target)
     error = np.linalg.norm(cov - scale * target) / np.linalg.norm(scale * target)
     return {"scale": float(scale), "shape_error": float(error)}
-
-
-def posterior_covariance(post: GaussianPosterior) -> np.ndarray:
-    """``(d, d)`` covariance ``A⁻¹ = (L Lᵀ)⁻¹`` of one client's posterior, as float64 NumPy."""
-    _check_posterior(post)
-    chol = np.asarray(post.precision_cholesky, dtype=np.float64)
-    inv_chol = np.linalg.inv(chol)
-    return inv_chol.T @ inv_chol
 
 
 def covariance_ellipse(cov, num_std: float = 2.0, num_points: int = 200) -> np.ndarray:
@@ -246,8 +240,8 @@ def covariance_ellipse(cov, num_std: float = 2.0, num_points: int = 200) -> np.n
     cov = np.asarray(cov, dtype=np.float64)
     if cov.shape != (2, 2):
         raise ValueError(f"cov must have shape (2, 2), got shape {cov.shape}")
-    _validate.real("num_std", num_std, low=0.0, low_open=True)
-    num_points = _validate.integer("num_points", num_points, minimum=3)
+    _checks.real("num_std", num_std, low=0.0, low_open=True)
+    num_points = _checks.integer("num_points", num_points, minimum=3)
     eigvals, eigvecs = np.linalg.eigh(cov)
     if eigvals[0] <= 0:
         raise ValueError(f"cov must be positive definite, got eigenvalues {eigvals}")
@@ -256,10 +250,141 @@ def covariance_ellipse(cov, num_std: float = 2.0, num_points: int = 200) -> np.n
     return num_std * circle * np.sqrt(eigvals) @ eigvecs.T
 
 
+# ------------------------------------------------------------------ samplers compared
+
+
+def _build_sampler(label: str, spec: Mapping[str, Any], num_samples: int):
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    builders = {
+        "exact": lambda: fedpa.samplers.exact_gaussian(num_samples, **spec),
+        "iasg": lambda: fedpa.samplers.iasg(num_samples, **spec),
+        "sgld": lambda: fedpa.samplers.sgld(num_samples, **spec),
+        "hmc": lambda: fedpa.samplers.hmc(num_samples, **spec),
+        "nuts": lambda: fedpa.samplers.nuts(num_samples, **spec),
+    }
+    if kind not in builders:
+        raise ValueError(
+            f"specs[{label!r}]['kind'] must be one of {', '.join(SAMPLER_KINDS)}; got {kind!r}"
+        )
+    try:
+        return builders[kind]()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"specs[{label!r}]: {err}") from err
+
+
+@partial(jax.jit, static_argnames=("num_samples",))
+@partial(jax.vmap, in_axes=(0, None, None, None, None))
+def _delta_stats(samples, x, exact, num_samples, rho):
+    """Relative error and direction error of the delta from the first ``ℓ`` samples.
+
+    ``vmap``-ed over a leading repeat axis of ``samples``; compiled once per ``ℓ``.
+    """
+    d = posterior.delta_unchecked(samples[:num_samples], x, rho)
+    norm = jnp.linalg.norm(exact)
+    rel = jnp.linalg.norm(d - exact) / norm
+    cos = jnp.dot(d, exact) / (jnp.linalg.norm(d) * norm)
+    # min_c ‖c Δ̂ - Δ‖ / ‖Δ‖ = sqrt(1 - cos²) (cos > 0), 1 otherwise.
+    direction = jnp.where(cos > 0, jnp.sqrt(jnp.clip(1 - cos**2, 0.0, 1.0)), 1.0)
+    return rel, direction
+
+
+def _draw(sampler, keys, loss_fn, x, client):
+    """``repeats`` independent sample sets and the mean compute, in full-data gradients."""
+    fn = jax.jit(jax.vmap(lambda k: sampler.sample(k, loss_fn, x, client)))
+    draws, info = fn(keys)
+    per_example = float(np.mean(np.asarray(info.num_example_grads, np.float64)))
+    return draws, per_example / float(client.num_examples)
+
+
+def sampler_delta_errors(
+    problem: FederatedProblem,
+    specs: Mapping[str, Mapping[str, Any]],
+    *,
+    num_samples: Sequence[int] = (5, 10, 20, 50, 100),
+    rho: float = 0.1,
+    repeats: int = 8,
+    client: int = 0,
+    x=None,
+    key=None,
+) -> pd.DataFrame:
+    r"""Delta error of each local sampler against the exact delta, vs ``ℓ`` and compute.
+
+    For one client of a quadratic problem (exact posterior ``N(μ, A⁻¹)``) and a server model
+    ``x`` (default ``problem.init_params``), each sampler draws ``max(num_samples)`` samples
+    ``repeats`` times (``vmap``); the delta from the first ``ℓ`` samples,
+    ``Δ̂ = Σ̂⁻¹(x - μ̂)``, is compared with ``Δ = A (x - μ)``:
+
+    * ``rel_error`` ``‖Δ̂ - Δ‖ / ‖Δ‖``;
+    * ``direction_error`` ``min_c ‖c Δ̂ - Δ‖ / ‖Δ‖`` — the error left after the best rescaling,
+      which a server learning rate can absorb.
+
+    Compute is what the samplers report (``info.num_example_grads``, per-example gradients) in
+    *full-data gradient equivalents* (divided by the client's ``n``), averaged over the repeats.
+    A sampler's cost is affine in the number of samples it keeps (a burn-in, then a fixed cost
+    per sample), so it is measured at the smallest and the largest ``ℓ`` (a second, short run)
+    and interpolated for the first ``ℓ`` samples of the long run; for NUTS, whose path lengths
+    are random, this is an estimate. The exact sampler costs nothing (it reads the closed form).
+
+    Args:
+      problem: a problem with exact Gaussian client posteriors (``least_squares``, ...).
+      specs: ``{label: {"kind": "exact"|"iasg"|"sgld"|"hmc"|"nuts", **settings}}``; settings
+        are the keyword arguments of :func:`fedpa.samplers.exact_gaussian`,
+        :func:`~fedpa.samplers.iasg`, :func:`~fedpa.samplers.sgld`, :func:`~fedpa.samplers.hmc`
+        and :func:`~fedpa.samplers.nuts` without ``num_samples``.
+      num_samples: the ``ℓ`` values (each ``>= 2``).
+      rho: shrinkage, ``>= 0``.
+      repeats: independent repetitions.
+      client: the client index.
+      x: the server model (default ``problem.init_params``).
+      key: PRNG key (required).
+
+    Returns:
+      Tidy DataFrame: ``sampler, num_samples, repeat, rel_error, direction_error, compute``.
+    """
+    _checks.key(key)
+    if not isinstance(problem, FederatedProblem) or problem.clients.posterior is None:
+        raise ValueError("problem must be a FederatedProblem with exact client posteriors")
+    ells = _checks.int_list("num_samples", num_samples, minimum=2)
+    rho = _checks.rho(rho)
+    repeats = _checks.integer("repeats", repeats, minimum=1)
+    one = problem.client(client)
+    post = one.posterior
+    x = problem.init_params if x is None else jnp.asarray(x)
+    exact = post.precision_matvec(x - post.mean)
+    lo, top = min(ells), max(ells)
+    samplers = {label: _build_sampler(label, spec, top) for label, spec in specs.items()}
+    short = {label: _build_sampler(label, specs[label], lo) for label in specs} if lo < top else {}
+    rows = []
+    for i, (label, sampler) in enumerate(samplers.items()):
+        keys = jax.random.split(jax.random.fold_in(key, i), repeats)
+        draws, cost_top = _draw(sampler, keys, problem.loss_fn, x, one)
+        if lo < top:
+            _, cost_lo = _draw(short[label], keys, problem.loss_fn, x, one)
+            per_sample = (cost_top - cost_lo) / (top - lo)
+        else:
+            cost_lo, per_sample = cost_top, 0.0
+        for ell in ells:
+            rel, direction = _delta_stats(draws, x, exact, ell, rho)
+            compute = cost_lo + (ell - lo) * per_sample
+            for r in range(repeats):
+                rows.append(
+                    {
+                        "sampler": label,
+                        "num_samples": ell,
+                        "repeat": r,
+                        "rel_error": float(rel[r]),
+                        "direction_error": float(direction[r]),
+                        "compute": float(compute),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------ dynamic program vs direct
 
 
-_DELTA_DP = jax.jit(posterior.delta)
+_DELTA_DP = jax.jit(posterior.delta_unchecked)
 _DELTA_DIRECT = jax.jit(posterior.delta_direct)
 
 
@@ -279,7 +404,7 @@ def delta_timings(
     num_samples: int = 10,
     rho: float = 0.1,
     repeats: int = 5,
-):
+) -> pd.DataFrame:
     """Wall time of the delta: the ``O(ℓ² d)`` dynamic program against the ``O(d³)`` solve.
 
     For each ``d``, draws ``ℓ`` samples of a random anisotropic Gaussian (standard deviations
@@ -291,18 +416,17 @@ def delta_timings(
       key: PRNG key.
       dims: model dimensions ``d >= 1``.
       num_samples: ``ℓ >= 2``.
-      rho: shrinkage in ``[0, 1]``.
+      rho: shrinkage, ``>= 0``.
       repeats: timed calls per method and ``d`` (``>= 1``).
 
     Returns:
       DataFrame with columns ``dim, num_samples, method, repeat, seconds, rel_diff`` where
       ``method`` is ``"dynamic program"`` or ``"direct solve"``.
     """
-    dims = _int_list("dims", dims, minimum=1)
-    num_samples = _validate.integer("num_samples", num_samples, minimum=2)
-    _validate.rho(rho)
-    repeats = _validate.integer("repeats", repeats, minimum=1)
-    pd = _pandas()
+    dims = _checks.int_list("dims", dims, minimum=1)
+    num_samples = _checks.integer("num_samples", num_samples, minimum=2)
+    rho = _checks.rho(rho)
+    repeats = _checks.integer("repeats", repeats, minimum=1)
     rows = []
     for dim, k in zip(dims, jax.random.split(key, len(dims)), strict=True):
         k_scale, k_z, k_x = jax.random.split(k, 3)
@@ -325,136 +449,3 @@ def delta_timings(
                     }
                 )
     return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------ federated convergence
-
-
-def convergence(
-    algorithms: Mapping[str, Algorithm] | Sequence[Algorithm],
-    make_problem: Callable[[Any], FederatedProblem],
-    *,
-    rounds: int,
-    clients_per_round: int | None = None,
-    server_optimizer: optax.GradientTransformation | Mapping[str, Any] | None = None,
-    seeds: int = 5,
-    key=None,
-    labels: Mapping[str, Any] | None = None,
-):
-    """Distance to the optimum and objective per round, for several algorithms and seeds.
-
-    Seed ``s`` draws its own problem ``make_problem(k_s)`` and its own run key; every algorithm
-    sees the same problems and run keys (common random numbers). The runs of all seeds of one
-    algorithm are one compiled, ``vmap``-ed call of the same loop as :func:`fedpa.run` (seed
-    ``s`` gives what ``fedpa.run(..., key=k_s')`` gives on problem ``s``).
-
-    Args:
-      algorithms: ``{label: Algorithm}`` (or a list, labelled by ``Algorithm.name``). Reuse
-        the same objects across calls: compiled runs are cached on them.
-      make_problem: ``key -> FederatedProblem``; must give the same shapes for every key.
-      rounds: server rounds, ``>= 1``.
-      clients_per_round: clients per round (default: all clients).
-      server_optimizer: one optax transformation for all, or ``{label: transformation}``
-        (default ``optax.sgd(1.0)``).
-      seeds: number of seeds, ``>= 1``.
-      key: PRNG key (required).
-      labels: extra constant columns (e.g. ``{"dim": 10}``).
-
-    Returns:
-      Tidy DataFrame with columns ``*labels, algorithm, seed, round, dist_to_optimum,
-      objective, suboptimality`` (``round`` counts from 1; ``suboptimality`` is
-      ``F(x) - F(x*)``).
-    """
-    if key is None:
-        raise ValueError("key must be a PRNG key (e.g. jax.random.key(0)), got None")
-    if not isinstance(algorithms, Mapping):
-        algorithms = {a.name: a for a in algorithms}
-    if not algorithms:
-        raise ValueError("algorithms must name at least one fedpa Algorithm, got none")
-    for label, algo in algorithms.items():
-        if not isinstance(algo, Algorithm):
-            raise ValueError(
-                f"algorithms[{label!r}] must be a fedpa Algorithm, got {type(algo).__name__}"
-            )
-    rounds = _validate.integer("rounds", rounds, minimum=1)
-    seeds = _validate.integer("seeds", seeds, minimum=1)
-    if server_optimizer is None:
-        server_optimizer = _default_optimizer()
-    if isinstance(server_optimizer, Mapping):
-        missing = set(algorithms) - set(server_optimizer)
-        if missing:
-            raise ValueError(f"server_optimizer has no entry for algorithms {sorted(missing)}")
-        optimizers = dict(server_optimizer)
-    else:
-        optimizers = dict.fromkeys(algorithms, server_optimizer)
-    for label, opt in optimizers.items():
-        if not isinstance(opt, optax.GradientTransformation):
-            raise ValueError(
-                f"server_optimizer for {label!r} must be an optax.GradientTransformation, "
-                f"got {type(opt).__name__}"
-            )
-    k_problems, k_runs = jax.random.split(key)
-    problem_list = [make_problem(k) for k in jax.random.split(k_problems, seeds)]
-    for p in problem_list:
-        if not isinstance(p, FederatedProblem):
-            raise ValueError(f"make_problem must return a FederatedProblem, got {type(p).__name__}")
-    num_clients = problem_list[0].num_clients
-    if clients_per_round is None:
-        clients_per_round = num_clients
-    clients_per_round = _validate.integer("clients_per_round", clients_per_round, minimum=1)
-    if clients_per_round > num_clients:
-        raise ValueError(f"clients_per_round={clients_per_round} exceeds num_clients={num_clients}")
-    problems = stack_problems(problem_list)  # one compiled loop for all seeds and calls
-    optimum_values = np.asarray(
-        jax.vmap(lambda p: p.objective(p.global_optimum()))(problems), dtype=np.float64
-    )
-    run_keys = jax.random.split(k_runs, seeds)
-    pd = _pandas()
-    frames = []
-    for label, algo in algorithms.items():
-        history = run_many(algo, problems, rounds, clients_per_round, optimizers[label], run_keys)
-        dist = np.asarray(history["dist_to_optimum"], dtype=np.float64)  # (seeds, rounds)
-        obj = np.asarray(history["objective"], dtype=np.float64)
-        frame = pd.DataFrame(
-            {
-                "algorithm": label,
-                "seed": np.repeat(np.arange(seeds), rounds),
-                "round": np.tile(np.arange(1, rounds + 1), seeds),
-                "dist_to_optimum": dist.ravel(),
-                "objective": obj.ravel(),
-                "suboptimality": (obj - optimum_values[:, None]).ravel(),
-            }
-        )
-        frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
-    for i, (name, value) in enumerate((labels or {}).items()):
-        out.insert(i, name, value)
-    return out
-
-
-def final_values(frame, last: int = 1, by: Sequence[str] = ("algorithm",)):
-    """Per-seed average of the last ``last`` rounds, then mean and std over seeds.
-
-    Args:
-      frame: a :func:`convergence` table (possibly several concatenated).
-      last: how many final rounds to average (smooths the noise of stochastic methods).
-      by: grouping columns besides ``seed``.
-
-    Returns:
-      DataFrame with ``*by, dist_mean, dist_std, subopt_mean, subopt_std, seeds``.
-    """
-    last = _validate.integer("last", last, minimum=1)
-    by = list(by)
-    cutoff = frame.groupby(by)["round"].transform("max") - last
-    tail = frame[frame["round"] > cutoff]
-    per_seed = tail.groupby([*by, "seed"], as_index=False)[
-        ["dist_to_optimum", "suboptimality"]
-    ].mean()
-    grouped = per_seed.groupby(by)
-    return grouped.agg(
-        dist_mean=("dist_to_optimum", "mean"),
-        dist_std=("dist_to_optimum", "std"),
-        subopt_mean=("suboptimality", "mean"),
-        subopt_std=("suboptimality", "std"),
-        seeds=("seed", "nunique"),
-    ).reset_index()
