@@ -1,4 +1,5 @@
-"""Local samplers: exact Gaussian moments; IASG moments against the exact local posterior."""
+"""Local samplers: exact Gaussian moments; IASG moments against the exact local posterior; the
+semantics of IASG's discard steps, momentum and chains; the compute each sampler reports."""
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +21,21 @@ def client_problem(x64):
 def test_exact_gaussian_moments(client_problem):
     p, client = client_problem
     s = samplers.exact_gaussian(20000)
-    draws = np.asarray(s.sample(jax.random.key(1), p.loss_fn, jnp.zeros(3), client))
-    assert draws.shape == (20000, 3)
+    draws, info = s.sample(jax.random.key(1), p.loss_fn, jnp.zeros(3), client)
+    draws = np.asarray(draws)
+    assert draws.shape == (20000, 3) and int(info.num_grad_evals) == 0
     np.testing.assert_allclose(draws.mean(0), MEANS[0], atol=0.05)
     np.testing.assert_allclose(np.cov(draws.T), np.linalg.inv(HESSIAN), atol=0.08)
+    # scale = c samples N(mu, c A^-1), from the same normal draws.
+    small, _ = samplers.exact_gaussian(20000, scale=0.01).sample(
+        jax.random.key(1), p.loss_fn, jnp.zeros(3), client
+    )
+    np.testing.assert_allclose(np.asarray(small) - MEANS[0], 0.1 * (draws - MEANS[0]), atol=1e-12)
 
 
 def _iasg_draws(p, client, avg_steps, num_samples=300):
     s = samplers.iasg(num_samples, avg_steps, burnin_steps=200, learning_rate=0.2, batch_size=10)
-    fn = jax.jit(lambda k: s.sample(k, p.loss_fn, jnp.zeros(3), client))
+    fn = jax.jit(lambda k: s.sample(k, p.loss_fn, jnp.zeros(3), client)[0])
     return np.asarray(fn(jax.random.key(1)))
 
 
@@ -69,6 +76,80 @@ def test_sgd_steps_is_deterministic_and_follows_the_gradient():
     assert p.loss_fn(a, client.data) < start
 
 
+def _sgd_iterates(p, client, idx, lr, momentum=None):
+    """Every iterate of a heavy-ball SGD chain over the mini-batches ``idx``, written out."""
+    grad = jax.grad(p.loss_fn)
+    x, v, out = jnp.zeros(3), jnp.zeros(3), []
+    for rows in np.asarray(idx):
+        g = grad(x, jax.tree.map(lambda a, r=rows: a[r], client.data))
+        v = g if momentum is None else momentum * v + g
+        x = x - lr * v
+        out.append(x)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+@pytest.mark.parametrize("discard", [0, 3])
+def test_iasg_samples_are_window_averages_of_one_sgd_chain(client_problem, discard, momentum):
+    """Sample j averages iterates burn + j(D+K) + D + 1 … burn + (j+1)(D+K) of one chain."""
+    p, client = client_problem
+    num, avg, burn, lr, batch = 4, 5, 7, 0.1, 3
+    s = samplers.iasg(num, avg, burn, lr, batch, discard_steps=discard, momentum=momentum)
+    key = jax.random.key(3)
+    draws, info = s.sample(key, p.loss_fn, jnp.zeros(3), client)
+    total = burn + num * (discard + avg)
+    assert int(info.num_grad_evals) == total and int(info.num_example_grads) == total * batch
+    idx = samplers.minibatch_indices(key, client.num_examples, (total, batch))
+    its = _sgd_iterates(p, client, idx, lr, momentum)
+    starts = [burn + j * (discard + avg) + discard for j in range(num)]
+    expected = np.stack([its[a : a + avg].mean(0) for a in starts])
+    np.testing.assert_allclose(draws, expected, rtol=1e-10)
+
+
+def test_iasg_momentum_zero_equals_plain_sgd(client_problem):
+    p, client = client_problem
+    args = (4, 5, 7, 0.1, 3)
+    plain, _ = samplers.iasg(*args).sample(jax.random.key(0), p.loss_fn, jnp.zeros(3), client)
+    zero, _ = samplers.iasg(*args, momentum=0.0).sample(
+        jax.random.key(0), p.loss_fn, jnp.zeros(3), client
+    )
+    heavy, _ = samplers.iasg(*args, momentum=0.9).sample(
+        jax.random.key(0), p.loss_fn, jnp.zeros(3), client
+    )
+    np.testing.assert_allclose(zero, plain, rtol=1e-12)
+    assert not np.allclose(heavy, plain, rtol=1e-3)
+
+
+def test_iasg_chains_are_independent_single_chains(client_problem):
+    """``num_chains = c``: chain k's samples are a one-chain sampler's under split(key, c)[k]."""
+    p, client = client_problem
+    key = jax.random.key(5)
+    multi = samplers.iasg(6, 4, 5, 0.1, 3, num_chains=3)
+    draws, info = multi.sample(key, p.loss_fn, jnp.zeros(3), client)
+    single = samplers.iasg(2, 4, 5, 0.1, 3)
+    parts = [single.sample(k, p.loss_fn, jnp.zeros(3), client)[0] for k in jax.random.split(key, 3)]
+    np.testing.assert_allclose(draws, np.concatenate(parts), rtol=1e-12)
+    assert int(info.num_grad_evals) == 3 * (5 + 2 * 4)
+
+
+def test_sgld_reports_its_gradient_evaluations(client_problem):
+    p, client = client_problem
+    s = samplers.sgld(4, 1e-3, 5, burnin_steps=10, thinning=3)
+    draws, info = s.sample(jax.random.key(0), p.loss_fn, jnp.zeros(3), client)
+    assert draws.shape == (4, 3)
+    assert int(info.num_grad_evals) == 10 + 4 * 3 and int(info.num_example_grads) == 22 * 5
+
+
+def test_sampler_hyperparameters_are_leaves_and_shapes_are_static():
+    s = samplers.iasg(4, 5, 7, 0.1, 3, momentum=0.9)
+    leaves, treedef = jax.tree.flatten(s)
+    assert leaves == [0.1, 0.9]
+    other = samplers.iasg(4, 5, 7, 0.3, 3, momentum=0.5)
+    assert jax.tree.structure(other) == treedef
+    assert jax.tree.structure(samplers.iasg(4, 6, 7, 0.1, 3, momentum=0.9)) != treedef
+    assert jax.tree.structure(samplers.iasg(4, 5, 7, 0.1, 3)) != treedef  # no velocity
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -78,6 +159,14 @@ def test_sgd_steps_is_deterministic_and_follows_the_gradient():
         (lambda: samplers.iasg(5, 10, 10, 0.0, 10), r"learning_rate must be in \(0.0"),
         (lambda: samplers.iasg(5, 10, 10, 0.1, 0), "batch_size must be >= 1"),
         (lambda: samplers.exact_gaussian(1), "num_samples must be >= 2"),
+        (lambda: samplers.exact_gaussian(3, scale=0.0), r"scale must be in \(0.0, inf\)"),
+        (lambda: samplers.iasg(5, 10, 10, 0.1, 10, discard_steps=-1), "discard_steps must be"),
+        (
+            lambda: samplers.iasg(5, 10, 10, 0.1, 10, momentum=1.0),
+            r"momentum must be in \[0.0, 1.0\)",
+        ),
+        (lambda: samplers.iasg(5, 10, 10, 0.1, 10, num_chains=2), "num_chains must divide"),
+        (lambda: samplers.sgld(5, 0.1, 10, temperature=0), r"temperature must be in \(0.0"),
     ],
 )
 def test_bad_input(make, message):

@@ -60,7 +60,7 @@ def _moments(samples):
 
 
 def _target_scale(centered, target: str):
-    """The multiple of ``I`` that Σ̂ shrinks towards: ``1``, or ``tr S / d`` (``1`` when ``S = 0``)."""
+    """The multiple of ``I`` that Σ̂ shrinks towards: ``1``, or ``tr S / d`` (``1`` if ``S = 0``)."""
     if target == "identity":
         return jnp.ones((), centered.dtype)
     num, dim = centered.shape

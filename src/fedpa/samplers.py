@@ -176,8 +176,9 @@ def sgd_steps(loss_fn, params, data, indices, learning_rate, *, momentum=None, u
     Returns:
       The final iterate.
     """
-    return _run_sgd(loss_fn, _sgd_init(params, momentum), data, indices, learning_rate, momentum,
-                    unroll).params
+    return _run_sgd(
+        loss_fn, _sgd_init(params, momentum), data, indices, learning_rate, momentum, unroll
+    ).params
 
 
 def _run_sgd(loss_fn, state, data, indices, learning_rate, momentum, unroll):
@@ -240,11 +241,14 @@ class IASG(Sampler):
         lr, mom, unroll = self.learning_rate, self.momentum, self.unroll
 
         def chain(k):
-            idx = minibatch_indices(
-                k, client.num_examples, (self.steps_per_chain, self.batch_size)
-            )
+            idx = minibatch_indices(k, client.num_examples, (self.steps_per_chain, self.batch_size))
             state = _run_sgd(
-                loss_fn, _sgd_init(params, mom), client.data, idx[: self.burnin_steps], lr, mom,
+                loss_fn,
+                _sgd_init(params, mom),
+                client.data,
+                idx[: self.burnin_steps],
+                lr,
+                mom,
                 unroll,
             )
             blocks = idx[self.burnin_steps :].reshape(
@@ -560,8 +564,15 @@ class HMC(Sampler):
         return jax.vmap(unravel)(samples), _info(evals, client.num_examples)
 
 
-def _mcmc(num_samples, step_size, num_integration_steps, burnin_steps, thinning, temperature,
-          max_num_doublings) -> HMC:
+def _mcmc(
+    num_samples,
+    step_size,
+    num_integration_steps,
+    burnin_steps,
+    thinning,
+    temperature,
+    max_num_doublings,
+) -> HMC:
     num_samples = _validate.integer("num_samples", num_samples, minimum=2)
     _validate.real("step_size", step_size, low=0.0, low_open=True)
     if num_integration_steps is not None:
@@ -603,8 +614,9 @@ def hmc(
       thinning: transitions between kept samples.
       temperature: ``T > 0``.
     """
-    return _mcmc(num_samples, step_size, num_integration_steps, burnin_steps, thinning,
-                 temperature, 10)
+    return _mcmc(
+        num_samples, step_size, num_integration_steps, burnin_steps, thinning, temperature, 10
+    )
 
 
 def nuts(
@@ -618,5 +630,6 @@ def nuts(
 ) -> HMC:
     """The No-U-Turn sampler (:class:`HMC` with adaptive path lengths); arguments as
     :func:`hmc`, plus NUTS' tree-depth limit ``max_num_doublings``."""
-    return _mcmc(num_samples, step_size, None, burnin_steps, thinning, temperature,
-                 max_num_doublings)
+    return _mcmc(
+        num_samples, step_size, None, burnin_steps, thinning, temperature, max_num_doublings
+    )

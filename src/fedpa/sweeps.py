@@ -247,14 +247,17 @@ def sweep(
     for indices, traced in groups:
         fixed = {n: v for n, v in configs[indices[0]].items() if n not in traced}
         values = {n: _stack([configs[i][n] for i in indices]) for n in traced}
-        hist, params = _run_group(
-            factory, fixed, values, seed_keys, problems, batched, config_chunk_size, static
+        hist, params = jax.tree.map(
+            np.asarray,
+            _run_group(
+                factory, fixed, values, seed_keys, problems, batched, config_chunk_size, static
+            ),
         )
         for pos, i in enumerate(indices):
             histories[i] = jax.tree.map(lambda a, pos=pos: a[pos], hist)
             finals[i] = jax.tree.map(lambda a, pos=pos: a[pos], params)
-    history = {k: np.stack([np.asarray(h[k]) for h in histories]) for k in histories[0]}
-    params = jax.tree.map(lambda *p: np.stack([np.asarray(x) for x in p]), *finals)
+    history = {k: np.stack([h[k] for h in histories]) for k in histories[0]}
+    params = jax.tree.map(lambda *p: np.stack(p), *finals)
     return SweepResult(configs, history, params, seeds)
 
 
@@ -266,7 +269,7 @@ def _stack(values):
 
 def _run_group(factory, fixed, values, seed_keys, problems, batched, chunk, static):
     @jax.jit
-    def compiled(values, seed_keys, problems):
+    def sweep_group(values, seed_keys, problems):
         def one_config(traced):
             algorithm, optimizer = factory(**fixed, **traced)
 
@@ -284,4 +287,4 @@ def _run_group(factory, fixed, values, seed_keys, problems, batched, chunk, stat
             return jax.vmap(one_config)(values)
         return jax.lax.map(one_config, values, batch_size=chunk)
 
-    return compiled(values, seed_keys, problems)
+    return sweep_group(values, seed_keys, problems)

@@ -54,7 +54,7 @@ __all__ = [
 
 
 class UpdateInfo(NamedTuple):
-    """Local compute of one client update (int32 scalars; see :class:`~fedpa.samplers.SamplerInfo`)."""
+    """Local compute of one client update: int32 scalars, as in ``SamplerInfo``."""
 
     num_grad_evals: jax.Array
     num_example_grads: jax.Array
@@ -267,6 +267,7 @@ def fedpa_iasg(
         the same local SGD and as many local steps as one IASG chain takes; may be traced.
       target: the shrinkage target.
     """
+    _validate.real("local_lr", local_lr, low=0.0, low_open=True)
     sampler = samplers.iasg(
         num_samples,
         avg_steps,
@@ -283,9 +284,7 @@ def fedpa_iasg(
         burnin_rounds = _validate.integer("burnin_rounds", burnin_rounds, minimum=0)
         if burnin_rounds == 0:
             return algo
-    burnin = fedavg(
-        sampler.steps_per_chain, local_lr, batch_size, momentum=momentum, unroll=unroll
-    )
+    burnin = fedavg(sampler.steps_per_chain, local_lr, batch_size, momentum=momentum, unroll=unroll)
     return with_burnin(algo, burnin, burnin_rounds)
 
 

@@ -1,0 +1,155 @@
+"""fedpa.sweep: a grid × seeds in one compile per structure, equal to the individual runs."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import fedpa
+from fedpa import problems
+
+
+@pytest.fixture(scope="module")
+def small():
+    return problems.least_squares(jax.random.key(2), 13, 17, 3, heterogeneity=1.0)
+
+
+def _factory(local_lr, rho, server_lr, num_samples=3, burnin_rounds=0):
+    algo = fedpa.fedpa_iasg(
+        num_samples, 2, 2, local_lr=local_lr, rho=rho, burnin_rounds=burnin_rounds
+    )
+    return algo, optax.sgd(server_lr, momentum=0.5)
+
+
+def _compiles(fn):
+    """Runs ``fn`` and counts backend compilations of sweep's compiled function."""
+    names = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        out = fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return out, sum("sweep_group" in n for n in names)
+
+
+def test_sweep_equals_individual_runs_in_one_compile(small):
+    grid = {"local_lr": [0.01, 0.05], "rho": [0.1, 3.0], "server_lr": [0.5, 1.0]}
+    key = jax.random.key(3)
+    res, compiles = _compiles(lambda: fedpa.sweep(_factory, small, grid, 5, 4, seeds=3, key=key))
+    assert compiles == 1
+    assert len(res.configs) == 8 and res.history["dist_to_optimum"].shape == (8, 3, 5)
+    assert res.configs[5] == {"local_lr": 0.05, "rho": 0.1, "server_lr": 1.0}
+    for i in range(8):
+        for j in range(3):
+            one = fedpa.run(
+                *_factory(**res.configs[i]), small, 5, 4, key=jax.random.fold_in(key, j)
+            )
+            np.testing.assert_allclose(
+                res.history["objective"][i, j], one.history["objective"], rtol=2e-5
+            )
+            np.testing.assert_allclose(res.params[i, j], one.params, rtol=2e-5, atol=1e-6)
+    # Configurations differ (the comparison above can fail).
+    assert not np.allclose(res.params[0], res.params[7], rtol=1e-3)
+
+
+def test_integers_that_fix_shapes_split_the_grid_and_traced_integers_do_not(small):
+    grid = {
+        "local_lr": [0.02],
+        "rho": [0.5],
+        "server_lr": [1.0],
+        "num_samples": [2, 3],  # static: one compile each
+        "burnin_rounds": [1, 3],  # a leaf of the switch: traced
+    }
+    key = jax.random.key(0)
+    res, compiles = _compiles(lambda: fedpa.sweep(_factory, small, grid, 4, 4, key=key))
+    assert compiles == 2
+    for i, config in enumerate(res.configs):
+        one = fedpa.run(*_factory(**config), small, 4, 4, key=jax.random.fold_in(key, 0))
+        np.testing.assert_allclose(
+            res.history["objective"][i, 0], one.history["objective"], rtol=2e-5
+        )
+        evals = res.history["local_grad_evals"][i, 0]
+        burn = config["burnin_rounds"]
+        assert (evals[:burn] == 2 + 2 * config["num_samples"]).all()
+
+
+def test_config_chunks_and_problem_factories(small):
+    grid = [
+        {"local_lr": 0.01, "rho": 0.1, "server_lr": 1.0},
+        {"local_lr": 0.03, "rho": 1.0, "server_lr": 0.5},
+        {"local_lr": 0.05, "rho": 5.0, "server_lr": 0.7},
+    ]
+    key = jax.random.key(1)
+    whole = fedpa.sweep(_factory, small, grid, 3, 4, seeds=2, key=key)
+    chunked = fedpa.sweep(_factory, small, grid, 3, 4, seeds=2, key=key, config_chunk_size=2)
+    np.testing.assert_allclose(whole.params, chunked.params, rtol=1e-5)
+
+    def make(k):
+        return problems.least_squares(k, 13, 17, 3, heterogeneity=1.0)
+
+    pkey = jax.random.key(9)
+    per_seed = fedpa.sweep(_factory, make, grid[:1], 3, 4, seeds=2, key=key, problem_key=pkey)
+    for j in range(2):
+        one = fedpa.run(
+            *_factory(**grid[0]),
+            make(jax.random.fold_in(pkey, j)),
+            3,
+            4,
+            key=jax.random.fold_in(key, j),
+        )
+        np.testing.assert_allclose(per_seed.params[0, j], one.params, rtol=2e-5)
+
+
+def test_to_frame_is_tidy(small):
+    pd = pytest.importorskip("pandas")
+    res = fedpa.sweep(
+        _factory,
+        small,
+        {"local_lr": [0.01, 0.02], "rho": [0.1], "server_lr": [1.0]},
+        3,
+        4,
+        seeds=2,
+        key=jax.random.key(0),
+    )
+    frame = res.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 2 * 2 * 3
+    assert {"local_lr", "rho", "server_lr", "seed", "round", "objective"} <= set(frame.columns)
+    row = frame[(frame.local_lr == 0.02) & (frame.seed == 1) & (frame["round"] == 3)]
+    assert float(row.objective.iloc[0]) == pytest.approx(res.history["objective"][1, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("grid", "kwargs", "message"),
+    [
+        (
+            {"local_lr": [-0.1], "rho": [0.1], "server_lr": [1.0]},
+            {},
+            r"configuration 0 \({'local_lr': -0.1.*local_lr must be in \(0.0, inf\)",
+        ),
+        ({"local_lr": [0.1], "rho": [-1.0], "server_lr": [1.0]}, {}, "rho must be in"),
+        ({"local_lr": [], "rho": [0.1], "server_lr": [1.0]}, {}, "non-empty list"),
+        ({"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]}, {"seeds": 0}, "seeds must be"),
+        ({"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]}, {"key": None}, "key must be"),
+        (
+            {"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]},
+            {"clients_per_round": 99},
+            "exceeds num_clients",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_compute(small, grid, kwargs, message):
+    args = dict(rounds=3, clients_per_round=4, key=jax.random.key(0)) | kwargs
+    with pytest.raises(ValueError, match=message):
+        fedpa.sweep(_factory, small, grid, **args)
+
+
+def test_bad_factory(small):
+    with pytest.raises(ValueError, match="factory must return"):
+        fedpa.sweep(
+            lambda lr: fedpa.fedavg(local_lr=lr), small, {"lr": [0.1]}, 2, 2, key=jax.random.key(0)
+        )
