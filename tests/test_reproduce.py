@@ -460,3 +460,21 @@ def test_offline_check_flags_cdn_assets(tmp_path):
     problems = build.check_offline_html(html)
     assert any("cdn.jsdelivr.net" in p for p in problems)
     assert any("local MathJax" in p for p in problems)
+
+
+def test_notebook_parameters_come_from_the_parameters_cell(root, monkeypatch):
+    import fedpa_book
+
+    monkeypatch.chdir(root / "book")  # where papermill runs a chapter
+    namespace = dict(output_dir="x", seed=1, rounds=3, lr=0.5, method="fedpa", sizes=[1, 2])
+    with pytest.raises(ValueError, match="verbose of chapter 'tiny' are not defined"):
+        fedpa_book.parameters(namespace, "tiny")
+    namespace.update(verbose=True, unrelated=42)
+    assert fedpa_book.parameters(namespace, "tiny") == {
+        "seed": 1,
+        "rounds": 3,
+        "lr": 0.5,
+        "method": "fedpa",
+        "sizes": [1, 2],
+        "verbose": True,
+    }

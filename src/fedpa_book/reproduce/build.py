@@ -23,8 +23,6 @@ from pathlib import Path
 
 from .spec import SpecError, discover, find_root, toc_stems
 
-__all__ = ["chapter_list", "figure_table", "build_book", "check_offline_html", "setup"]
-
 
 def _links(book_dir: str | os.PathLike):
     root = Path(book_dir).resolve().parent

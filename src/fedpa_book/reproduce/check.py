@@ -23,8 +23,6 @@ from ..plotting import METADATA_KEYS
 from .execute import RunResult, reproduce
 from .spec import Chapter, Figure, Tolerance
 
-__all__ = ["compare_file", "compare_folders", "regenerate_and_compare"]
-
 MAX_REPORTED = 5  # mismatching rows reported per column
 
 

@@ -24,8 +24,6 @@ from .check import regenerate_and_compare
 from .execute import format_summary, reproduce
 from .spec import SpecError, discover, find_root
 
-__all__ = ["main", "list_chapters"]
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -26,16 +26,6 @@ from typing import Any
 from ..plotting import atomic_write
 from .spec import Chapter, SpecError, discover, find_root, resolve
 
-__all__ = [
-    "NotebookError",
-    "MissingFigureError",
-    "RunResult",
-    "check_figures",
-    "execute_chapter",
-    "reproduce",
-    "format_summary",
-]
-
 
 class NotebookError(RuntimeError):
     """A chapter notebook failed while executing; ``str()`` shows the failing cell."""
@@ -297,18 +287,14 @@ def reproduce(
 
 
 def format_summary(results: Sequence[RunResult]) -> str:
-    """A plain-text table: notebook, status, seconds, figures written."""
+    """A plain-text table: notebook, status, seconds, figures written, and the sum."""
     rows = [("notebook", "status", "seconds", "figures written")]
     for r in results:
         names = ", ".join(Path(f).stem for f in r.figures)
-        rows.append(
-            (r.stem, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", f"{len(r.figures)}: {names}")
-        )
+        status = "ok" if r.ok else "FAILED"
+        rows.append((r.stem, status, f"{r.seconds:.1f}", f"{len(r.figures)}: {names}"))
     total = sum(r.seconds for r in results)
     rows.append(("sum", "", f"{total:.1f}", str(sum(len(r.figures) for r in results))))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [
-        f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows
-    ]
-    rule = "-" * min(100, max(map(len, lines)))
-    return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)

@@ -18,8 +18,8 @@ default's), read with :func:`papermill.inspect_notebook`. The spec adds what a l
         measurements: [seconds]                 # timings: presence and shape only
       fig_timings: {measurement: true}          # the whole file is a measurement
 
-``figures`` may also be a plain list of names. The document is checked against
-:data:`SPEC_SCHEMA` and every value (cell defaults, profiles, ``-p``) against the parameter's
+``figures`` may also be a plain list of names. The document is checked against the JSON Schema
+``spec_schema.yml`` and every value (cell defaults, profiles, ``-p``) against the parameter's
 schema (:meth:`Parameter.schema`), all before a notebook starts; errors are :class:`SpecError`
 naming the notebook and the parameter.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -38,83 +39,12 @@ from typing import Any
 
 from jsonschema.exceptions import best_match
 
-__all__ = [
-    "TYPES",
-    "PROFILES",
-    "SPEC_SCHEMA",
-    "DEFAULT_TOLERANCE",
-    "SpecError",
-    "Tolerance",
-    "Figure",
-    "Parameter",
-    "Chapter",
-    "find_root",
-    "notebook_parameters",
-    "load_chapter",
-    "discover",
-    "parse_literal",
-    "resolve",
-    "spec_paths",
-    "toc_stems",
-]
-
 TYPES = ("int", "float", "str", "bool", "list[int]", "list[float]", "list[str]")
 PROFILES = ("smoke", "paper")
 IMPLICIT = "output_dir"  # set by `fedpa reproduce`; every parameters cell assigns it
 REQUIRED = ("output_dir", "seed")
 
-_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
-_TOLERANCE = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "rtol": {"type": "number", "minimum": 0},
-        "floor": {"type": "number", "minimum": 0},
-    },
-}
-_FIGURE = {
-    "type": ["object", "null"],
-    "additionalProperties": False,
-    "properties": {
-        "tolerance": _TOLERANCE,
-        "columns": {"type": "object", "additionalProperties": _TOLERANCE},
-        "measurements": {"type": "array", "items": {"type": "string"}},
-        "measurement": {"type": "boolean"},
-    },
-}
-SPEC_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "title": {"type": "string"},
-        "parameters": {
-            "type": ["object", "null"],
-            "propertyNames": {"pattern": _NAME},
-            "additionalProperties": {
-                "type": ["object", "null"],
-                "additionalProperties": False,
-                "properties": {
-                    "type": {"enum": list(TYPES)},
-                    "min": {"type": "number"},
-                    "max": {"type": "number"},
-                    "choices": {"type": "array", "minItems": 1},
-                    "help": {"type": "string"},
-                },
-            },
-        },
-        "profiles": {
-            "type": "object",
-            "additionalProperties": {"type": ["object", "null"]},
-        },
-        "tolerance": _TOLERANCE,
-        "figures": {  # a list of names is read as {name: null}
-            "type": "object",
-            "propertyNames": {"pattern": r"^[\w-]+$"},
-            "additionalProperties": _FIGURE,
-        },
-    },
-}
+SPEC_SCHEMA_PATH = Path(__file__).with_name("spec_schema.yml")
 
 
 class SpecError(ValueError):
@@ -290,6 +220,13 @@ def _cell_type(stem: str, name: str, info: Mapping[str, str], default: Any, decl
     return kind
 
 
+@functools.cache
+def _spec_validator():
+    import yaml
+
+    return _validator(yaml.safe_load(SPEC_SCHEMA_PATH.read_text()))
+
+
 def _read_yaml(path: Path, stem: str) -> dict:
     import yaml
 
@@ -312,7 +249,7 @@ def load_chapter(spec_path: str | os.PathLike) -> Chapter:
     raw = _read_yaml(spec_path, stem)
     if isinstance(raw, dict) and isinstance(raw.get("figures"), list):
         raw["figures"] = dict.fromkeys(map(str, raw["figures"]))
-    error = best_match(_validator(SPEC_SCHEMA).iter_errors(raw))
+    error = best_match(_spec_validator().iter_errors(raw))
     if error is not None:
         where = "/".join(map(str, error.absolute_path)) or "the document"
         if list(error.absolute_path)[:1] == ["parameters"] and len(error.absolute_path) > 1:
