@@ -6,6 +6,7 @@ import optax
 import pytest
 
 import fedpa
+from conftest import count_compilations
 from fedpa import problems
 
 
@@ -84,22 +85,26 @@ def test_continuing_from_state_equals_one_long_run(prob, switch):
 
 def test_new_float_hyperparameters_never_recompile(prob):
     """Five values each of local_lr, rho and the server learning rate: one compilation."""
-    from fedpa import rounds as rounds_module
-
     small = problems.least_squares(jax.random.key(2), 13, 17, 3, heterogeneity=1.0)
-    before = rounds_module._run_jit._cache_size()
-    for value in (0.01, 0.02, 0.03, 0.04, 0.05):
-        for algo, server_lr in [
-            (fedpa.fedpa_iasg(3, 2, 2, local_lr=value, rho=0.1), 1.0),
-            (fedpa.fedpa_iasg(3, 2, 2, local_lr=0.01, rho=20 * value), 1.0),
-            (fedpa.fedpa_iasg(3, 2, 2, local_lr=0.01, rho=0.1), 10 * value),
-        ]:
-            opt = fedpa.default_server_optimizer(server_lr)
-            fedpa.run(algo, opt, small, rounds=3, clients_per_round=4, key=jax.random.key(0))
-    assert rounds_module._run_jit._cache_size() - before == 1
+
+    def runs():
+        for value in (0.01, 0.02, 0.03, 0.04, 0.05):
+            for algo, server_lr in [
+                (fedpa.fedpa_iasg(3, 2, 2, local_lr=value, rho=0.1), 1.0),
+                (fedpa.fedpa_iasg(3, 2, 2, local_lr=0.01, rho=20 * value), 1.0),
+                (fedpa.fedpa_iasg(3, 2, 2, local_lr=0.01, rho=0.1), 10 * value),
+            ]:
+                opt = fedpa.default_server_optimizer(server_lr)
+                fedpa.run(algo, opt, small, rounds=3, clients_per_round=4, key=jax.random.key(0))
+
+    _, compiles = count_compilations(runs, "run_jit")
+    assert compiles == 1
     # A new structure (another number of samples) does compile, so the count can move.
-    fedpa.run(fedpa.fedpa_iasg(4, 2, 2), None, small, 3, 4, key=jax.random.key(0))
-    assert rounds_module._run_jit._cache_size() - before == 2
+    _, compiles = count_compilations(
+        lambda: fedpa.run(fedpa.fedpa_iasg(4, 2, 2), None, small, 3, 4, key=jax.random.key(0)),
+        "run_jit",
+    )
+    assert compiles == 1
 
 
 def test_server_learning_rate_in_the_state_is_used(prob):

@@ -6,6 +6,7 @@ import optax
 import pytest
 
 import fedpa
+from conftest import count_compilations
 from fedpa import problems
 
 
@@ -22,19 +23,7 @@ def _factory(local_lr, rho, server_lr, num_samples=3, burnin_rounds=0):
 
 
 def _compiles(fn):
-    """Runs ``fn`` and counts backend compilations of sweep's compiled function."""
-    names = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            names.append(kwargs.get("fun_name", ""))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        out = fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return out, sum("sweep_group" in n for n in names)
+    return count_compilations(fn, "sweep_group")
 
 
 def test_sweep_equals_individual_runs_in_one_compile(small):
