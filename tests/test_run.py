@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
 import fedpa
-from conftest import count_compilations
 from fedpa import problems
 
 

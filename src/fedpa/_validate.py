@@ -58,7 +58,9 @@ def real(
         raise ValueError(f"{name} must be finite, got {name}={f}")
     left = "(" if low_open else "["
     right = ")" if high_open or high is None else "]"
-    bound = f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{right}"
+    bound = (
+        f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{right}"
+    )
     too_low = low is not None and (f <= low if low_open else f < low)
     too_high = high is not None and (f >= high if high_open else f > high)
     if too_low or too_high:
