@@ -118,3 +118,28 @@ def test_bad_quadratic_input():
         problems.least_squares_from_data(np.zeros((2, 5, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="exceeds the last client index"):
         problems.quadratic_2d().client(2)
+
+
+def test_fedavg_bias_needs_both_spreads(x64):
+    """FedAvg's fixed point is biased when client optima AND client Hessians differ; setting
+    either spread to zero removes (almost all of) the bias, so "the Hessians differ" alone is not
+    the condition (equal optima suffice too)."""
+    from fedpa import theory
+
+    def bias(**spreads):
+        p = problems.least_squares(
+            jax.random.key(0), 10, 400, 4, heterogeneity=1.0, noise=0.0, **spreads
+        )
+        point = theory.fedavg_fixed_point(p, 50, 0.1)
+        return float(theory.relative_distance(point, p))
+
+    both = bias()
+    assert both > 0.05
+    assert bias(optima_spread=0.0) < 0.01 * both
+    assert bias(hessian_spread=0.0) < 0.2 * both  # data Hessians still differ by sampling
+    # The default is the old single knob: both spreads equal h.
+    a = problems.least_squares(jax.random.key(0), 5, 20, 3, heterogeneity=0.7)
+    b = problems.least_squares(
+        jax.random.key(0), 5, 20, 3, heterogeneity=0.3, optima_spread=0.7, hessian_spread=0.7
+    )
+    np.testing.assert_array_equal(a.clients.data["x"], b.clients.data["x"])

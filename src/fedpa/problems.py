@@ -259,13 +259,15 @@ def _random_rotations(key, num, dim, dtype):
 
 
 @partial(jax.jit, static_argnames=("num_clients", "n", "dim"))
-def _generate_least_squares(key, heterogeneity, noise, prior_precision, *, num_clients, n, dim):
+def _generate_least_squares(
+    key, optima_spread, hessian_spread, noise, prior_precision, *, num_clients, n, dim
+):
     dtype = jnp.result_type(float)
     k_w, k_delta, k_rot, k_spec, k_x, k_eps = jax.random.split(key, 6)
     w = jax.random.normal(k_w, (dim,), dtype)
-    optima = w + heterogeneity * jax.random.normal(k_delta, (num_clients, dim), dtype)
+    optima = w + optima_spread * jax.random.normal(k_delta, (num_clients, dim), dtype)
     rotations = _random_rotations(k_rot, num_clients, dim, dtype)
-    log_spectrum = heterogeneity * jax.random.uniform(
+    log_spectrum = hessian_spread * jax.random.uniform(
         k_spec, (num_clients, dim), dtype, minval=-1.0, maxval=1.0
     )
     # features = z diag(exp(h u / 2)) Qᵀ, so Cov = Q diag(exp(h u)) Qᵀ.
@@ -288,16 +290,25 @@ def least_squares(
     *,
     noise: float = 1.0,
     prior_precision: float = 1e-3,
+    optima_spread: float | None = None,
+    hessian_spread: float | None = None,
 ) -> FederatedProblem:
-    """Synthetic federated least squares with a heterogeneity knob.
+    """Synthetic federated least squares with heterogeneity knobs.
 
     Client ``i`` draws features ``a ~ N(0, Σ_i)`` and targets ``y = aᵀ w_i + ε``,
-    ``ε ~ N(0, noise²)``. ``heterogeneity = h`` moves both apart:
+    ``ε ~ N(0, noise²)``. Two spreads move the clients apart, both ``heterogeneity = h`` unless
+    given separately:
 
-    * the client optima: ``w_i = w + h · δ_i`` with ``w, δ_i ~ N(0, I)``;
-    * the client Hessians: ``Σ_i = Q_i diag(exp(h u_i)) Q_iᵀ`` with ``Q_i`` a random rotation and
-      ``u_i ~ U(-1, 1)^d``. FedAvg's fixed point is biased only when the ``A_i`` differ, so
-      at ``h = 0`` (identical, isotropic clients) the effect the paper studies vanishes.
+    * the client optima: ``w_i = w + s_opt · δ_i`` with ``w, δ_i ~ N(0, I)``
+      (``optima_spread = s_opt``);
+    * the client Hessians: ``Σ_i = Q_i diag(exp(s_hess u_i)) Q_iᵀ`` with ``Q_i`` a random
+      rotation and ``u_i ~ U(-1, 1)^d`` (``hessian_spread = s_hess``).
+
+    FedAvg's fixed point is biased when the client Hessians differ *and* the client optima differ
+    (with equal optima every client's local solution is the global one; with equal Hessians the
+    weighted average of the optima is the optimum), so at ``h = 0`` the effect the paper studies
+    vanishes, and it also vanishes if either spread alone is zero (up to sampling noise in the
+    data's Hessians).
 
     Features are finally rescaled so that the global Hessian ``Σ_i w_i A_i`` has largest
     eigenvalue one (up to the prior's ``λ``): a server step of size one on the averaged exact
@@ -308,9 +319,11 @@ def least_squares(
       num_clients: number of clients, ``>= 1``.
       samples_per_client: examples per client, ``>= 1``.
       dim: model dimension ``d``, ``>= 1``.
-      heterogeneity: ``h >= 0``.
+      heterogeneity: ``h >= 0``, the default of both spreads.
       noise: target noise standard deviation, ``>= 0``.
       prior_precision: ``λ > 0``, precision of the weak Gaussian prior.
+      optima_spread: ``>= 0``, the spread of the client optima (default ``h``).
+      hessian_spread: ``>= 0``, the spread of the client Hessians' log-spectra (default ``h``).
     """
     num_clients = _validate.integer("num_clients", num_clients, minimum=1)
     n = _validate.integer("samples_per_client", samples_per_client, minimum=1)
@@ -318,9 +331,16 @@ def least_squares(
     _validate.real("heterogeneity", heterogeneity, low=0.0)
     _validate.real("noise", noise, low=0.0)
     _validate.real("prior_precision", prior_precision, low=0.0, low_open=True)
+    spreads = {"optima_spread": optima_spread, "hessian_spread": hessian_spread}
+    for name, value in spreads.items():
+        if value is None:
+            spreads[name] = float(heterogeneity)
+        else:
+            spreads[name] = float(_validate.real(name, value, low=0.0))
     features, targets = _generate_least_squares(
         key,
-        float(heterogeneity),
+        spreads["optima_spread"],
+        spreads["hessian_spread"],
         float(noise),
         float(prior_precision),
         num_clients=num_clients,
@@ -331,7 +351,10 @@ def least_squares(
         features,
         targets,
         prior_precision=prior_precision,
-        name=f"least_squares(d={dim}, h={float(heterogeneity):g})",
+        name=(
+            f"least_squares(d={dim}, optima={spreads['optima_spread']:g}, "
+            f"hessians={spreads['hessian_spread']:g})"
+        ),
     )
 
 
