@@ -88,11 +88,9 @@ def _delta_error_stats(key, post, x, rhos, *, num_samples, repeats):
     largest = max(num_samples)
     # One pool of exact draws per repeat; the study for ℓ uses its first ℓ rows (common random
     # numbers across ℓ and ρ make the comparisons sharper).
-    sampler = fedpa.samplers.ExactGaussian(num_samples=largest)
-    client = _posterior_client(post)
-    pool, _ = jax.vmap(lambda k: sampler.sample(k, None, x, client))(
-        jax.random.split(key, repeats)
-    )  # (R, largest, d)
+    sampler = fedpa.samplers.ExactGaussian(num_samples=repeats * largest)
+    pool, _ = sampler.sample(key, None, x, _posterior_client(post))
+    pool = pool.reshape(repeats, largest, -1)  # (R, largest, d)
     target = post.precision_matvec(x - post.mean)
     scale = jnp.linalg.norm(target)
     over_rhos = jax.vmap(posterior.delta_unchecked, in_axes=(None, None, 0))  # (ρ,) -> (ρ, d)
