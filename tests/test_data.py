@@ -185,3 +185,36 @@ def test_emnist_loader_rejects_other_files(tmp_path):
     _write_tff(tmp_path / "ok.h5", clients)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         data.load_emnist_hdf5(tmp_path / "ok.h5", num_classes=3)
+
+
+def test_synthetic_fedprox_follows_its_recipe():
+    """Sizes ⌊LogNormal(4, 2)⌋ + 50, within-client feature variances j^-1.2, feature means
+    spread by β (variance 1 + β² across clients), labels independent of α (a common logit shift)."""
+    ds = data.synthetic_fedprox(1.0, 1.0, seed=0, test_fraction=0.0)
+    assert ds.num_clients == 30 and ds.num_classes == 10
+    sizes = ds.num_examples
+    assert sizes.min() >= 50 and np.median(sizes) > 60
+    big = int(np.argmax(sizes))
+    x = ds.client_x[big]
+    np.testing.assert_allclose(x.var(0), np.arange(1, 61) ** -1.2, rtol=0.35)
+    same_labels = data.synthetic_fedprox(5.0, 1.0, seed=0, test_fraction=0.0)
+    for a, b in zip(ds.client_y, same_labels.client_y, strict=True):
+        np.testing.assert_array_equal(a, b)
+    spread = {}
+    for beta in (0.0, 3.0):
+        d = data.synthetic_fedprox(0.5, beta, num_clients=200, seed=1, test_fraction=0.0)
+        means = np.stack([cx.mean(0) for cx in d.client_x])
+        spread[beta] = means.var(0).mean()
+    assert 0.7 < spread[0.0] < 1.3 and 7.0 < spread[3.0] < 13.0
+    iid = data.synthetic_fedprox(0.0, 0.0, iid=True, seed=0, test_fraction=0.1)
+    assert abs(np.concatenate(iid.client_x).mean()) < 0.05
+    # 10% of each client's examples are held out (the same draws: sizes as with no test set).
+    assert len(iid.test_y) == sum(int(round(0.1 * n)) for n in ds.num_examples)
+    np.testing.assert_array_equal(iid.num_examples + [int(round(0.1 * n)) for n in sizes], sizes)
+
+
+def test_synthetic_fedprox_bad_input():
+    with pytest.raises(ValueError, match="alpha must be in"):
+        data.synthetic_fedprox(-1.0, 0.0)
+    with pytest.raises(ValueError, match="test_fraction must be in"):
+        data.synthetic_fedprox(0.0, 0.0, test_fraction=1.0)

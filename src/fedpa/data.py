@@ -6,6 +6,9 @@ r"""Federated classification data and the problems built from it.
   ``p_k ~ Dirichlet(α 1_N)`` say which fraction of class ``k`` each of the ``N`` clients gets.
   ``α → ∞`` is iid (``alpha=float("inf")`` gives exactly equal shares); ``α = 0.1`` leaves most
   clients with one or two classes.
+* :func:`synthetic_fedprox`: the federated "Synthetic(α, β)" multinomial logistic regression
+  data of Li et al. (FedProx, MLSys 2020), generated from its published recipe (60 features,
+  10 classes, 30 clients, log-normal client sizes).
 * :func:`load_emnist_hdf5`: TensorFlow Federated's federated EMNIST files
   (``examples/<client_id>/pixels`` and ``examples/<client_id>/label``), read with ``h5py``.
 * :func:`classification_problem`: a :class:`~fedpa.problems.FederatedProblem` for a
@@ -37,6 +40,7 @@ __all__ = [
     "FederatedDataset",
     "dirichlet_split",
     "federated_digits",
+    "synthetic_fedprox",
     "load_emnist_hdf5",
     "classification_problem",
 ]
@@ -204,6 +208,88 @@ def federated_digits(
         test_y=y[test],
         num_classes=10,
         name=f"digits(N={num_clients}, α={alpha:g})",
+    )
+
+
+# -------------------------------------------------------------------------------- Synthetic(α, β)
+
+
+def synthetic_fedprox(
+    alpha: float,
+    beta: float,
+    *,
+    num_clients: int = 30,
+    num_features: int = 60,
+    num_classes: int = 10,
+    iid: bool = False,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> FederatedDataset:
+    r"""Federated "Synthetic(α, β)" of Li et al. (FedProx, MLSys 2020), from its recipe.
+
+    Client ``k`` has ``n_k = ⌊LogNormal(4, 2)⌋ + 50`` examples, features
+    ``x ~ N(v_k, Σ)`` with ``Σ = diag(j^{-1.2})``, ``v_k ~ N(B_k 1, I)``, ``B_k ~ N(0, β²)``, and
+    labels ``y = argmax(x W_k + b_k)`` with ``W_k ~ N(u_k, 1)`` (``F × C``), ``b_k ~ N(u_k, 1)``,
+    ``u_k ~ N(0, α²)`` (``α`` and ``β`` are standard deviations, as ``numpy.random.normal``'s
+    scale in the published generator). ``iid=True`` is their "Synthetic IID": one ``W, b ~
+    N(0, 1)`` for all clients and ``v_k = 0``. A ``test_fraction`` of each client's examples is
+    held out into the shared test set (the recipe's per-client 90/10 split by default).
+
+    Every random draw is made in the same order whatever ``α`` and ``β`` (standard normals,
+    scaled afterwards), so datasets that differ only in ``α`` or ``β`` share their noise. Note
+    what follows from the recipe: ``u_k`` shifts every class's logit by the same ``u_k (1 +
+    Σ_j x_j)``, which leaves the argmax unchanged, so **the labels do not depend on α** (tested);
+    the clients' models differ through ``W_k``'s unit-variance noise at every ``α``, and ``β``
+    moves the clients' feature distributions apart.
+
+    Args:
+      alpha: ``>= 0``, spread of the clients' model means.
+      beta: ``>= 0``, spread of the clients' feature means.
+      num_clients, num_features, num_classes: ``>= 1`` (the recipe's 30, 60, 10).
+      iid: the IID variant.
+      test_fraction: held-out fraction of each client's examples, in ``[0, 1)``.
+      seed: integer seed.
+    """
+    _validate.real("alpha", alpha, low=0.0)
+    _validate.real("beta", beta, low=0.0)
+    num_clients = _validate.integer("num_clients", num_clients, minimum=1)
+    num_features = _validate.integer("num_features", num_features, minimum=1)
+    num_classes = _validate.integer("num_classes", num_classes, minimum=2)
+    _validate.real("test_fraction", test_fraction, low=0.0, high=1.0, high_open=True)
+    seed = _validate.integer("seed", seed, minimum=0)
+    rng = np.random.default_rng([seed, 1])
+    sizes = rng.lognormal(4.0, 2.0, num_clients).astype(np.int64) + 50
+    u = float(alpha) * rng.standard_normal(num_clients)
+    big_b = float(beta) * rng.standard_normal(num_clients)
+    std = np.arange(1, num_features + 1, dtype=np.float64) ** -0.6  # sqrt(j^-1.2)
+    mean_noise = rng.standard_normal((num_clients, num_features))
+    w_global = rng.standard_normal((num_features, num_classes))
+    b_global = rng.standard_normal(num_classes)
+    xs, ys, test_x, test_y = [], [], [], []
+    for k in range(num_clients):
+        w_noise = rng.standard_normal((num_features, num_classes))
+        b_noise = rng.standard_normal(num_classes)
+        z = rng.standard_normal((int(sizes[k]), num_features))
+        if iid:
+            mean, w, b = np.zeros(num_features), w_global, b_global
+        else:
+            mean, w, b = big_b[k] + mean_noise[k], u[k] + w_noise, u[k] + b_noise
+        x = mean + z * std
+        y = np.argmax(x @ w + b, axis=1).astype(np.int32)
+        held = int(round(float(test_fraction) * len(y)))
+        order = rng.permutation(len(y))
+        xs.append(x[order[held:]].astype(np.float32))
+        ys.append(y[order[held:]])
+        test_x.append(x[order[:held]].astype(np.float32))
+        test_y.append(y[order[:held]])
+    label = "iid" if iid else f"α={float(alpha):g}, β={float(beta):g}"
+    return FederatedDataset(
+        client_x=tuple(xs),
+        client_y=tuple(ys),
+        test_x=np.concatenate(test_x).reshape(-1, num_features),
+        test_y=np.concatenate(test_y),
+        num_classes=num_classes,
+        name=f"synthetic({label})",
     )
 
 
