@@ -354,8 +354,9 @@ def sampler_delta_errors(
     samplers = {label: _build_sampler(label, spec, top) for label, spec in specs.items()}
     short = {label: _build_sampler(label, specs[label], lo) for label in specs} if lo < top else {}
     rows = []
-    for i, (label, sampler) in enumerate(samplers.items()):
-        keys = jax.random.split(jax.random.fold_in(key, i), repeats)
+    for label, sampler in samplers.items():
+        # the i-th sampler's draws use fold_in(key, i · repeats · len(num_samples)), its first row
+        keys = jax.random.split(jax.random.fold_in(key, len(rows)), repeats)
         draws, cost_top = _draw(sampler, keys, problem.loss_fn, x, one)
         if lo < top:
             _, cost_lo = _draw(short[label], keys, problem.loss_fn, x, one)
