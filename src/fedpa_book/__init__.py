@@ -2,6 +2,7 @@
 
 ::
 
+    fedpa_book.experiments   the chapters' experiment drivers (tidy tables)
     fedpa_book.plotting      theme, colours, figure panels, atomic save of figure + data + metadata
     fedpa_book.reproduce     chapter specs, papermill execution, ``--check``, the jupyter-book build
     fedpa_book.glue          myst-nb's ``glue``: a computed number into the prose ({glue:text})

@@ -156,18 +156,16 @@ def regenerate_and_compare(
       **reproduce_args: passed to :func:`execute.reproduce` (``profile``, ``only``, ``jobs``, ...).
 
     Returns:
-      the run results and the mismatches (none when a notebook failed: nothing to compare).
-      On a mismatch the regenerated folder is kept (its path is logged); otherwise removed.
+      the run results and the mismatches of the chapters that ran (a failed chapter is in the
+      results, not compared). On a mismatch the regenerated folder is kept (its path is logged).
     """
     from .spec import discover
 
     tmp = Path(tempfile.mkdtemp(prefix="fedpa-check-"))
     results = reproduce(output_dir=tmp, log=log, **reproduce_args)
-    if not results or not all(r.ok for r in results):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return results, []
+    ran = {r.stem for r in results if r.ok}
     chapters = discover(reproduce_args.get("root"), reproduce_args.get("only", ()))
-    mismatches = compare_folders(figures_dir, tmp, chapters)
+    mismatches = compare_folders(figures_dir, tmp, [c for c in chapters if c.stem in ran])
     if mismatches:
         log(f"the regenerated figures are kept in {tmp}")
     else:

@@ -110,16 +110,16 @@ def _reproduce(args) -> int:
         results = reproduce(output_dir=args.output_dir, **run_args)
     print("\n" + format_summary(results))
     print(f"\nprofile {args.profile}: {len(results)} notebook(s) in {time.time() - start:.1f} s")
+    for line in mismatches:
+        print(f"MISMATCH {line}", file=sys.stderr)
     failed = [r.stem for r in results if not r.ok]
     if failed:
         print(f"fedpa reproduce: FAILED: {', '.join(failed)}", file=sys.stderr)
+    if mismatches:
+        print(f"fedpa reproduce --check: {len(mismatches)} mismatch(es)", file=sys.stderr)
+    if failed or mismatches:
         return 1
     if args.check:
-        for line in mismatches:
-            print(f"MISMATCH {line}", file=sys.stderr)
-        if mismatches:
-            print(f"fedpa reproduce --check: {len(mismatches)} mismatch(es)", file=sys.stderr)
-            return 1
         print(f"--check: every committed data file in {figures} agrees within tolerance")
     return 0
 
