@@ -122,3 +122,20 @@ def test_samplers_take_pytrees_and_padded_clients():
 def test_bad_arguments_name_the_parameter(build, word):
     with pytest.raises(ValueError, match=word):
         build()
+
+
+def test_window_adaptation_tunes_a_bad_step_size(client_problem):
+    """From a far too small step size (0.001), blackjax's window adaptation recovers NUTS'
+    moments in a short chain where the unadapted chain has barely moved; the adaptation's
+    leapfrog steps are counted in the compute."""
+    p, client = client_problem
+    with jax.enable_x64(True):
+        adapted = samplers.nuts(200, 0.001, burnin_steps=0, adaptation_steps=200)
+        fixed = samplers.nuts(200, 0.001, burnin_steps=0, max_num_doublings=3)
+        draws = _chains(adapted, p, client, chains=2)
+        stuck = _chains(fixed, p, client, chains=2)
+        _, info = adapted.sample(jax.random.key(0), p.loss_fn, jnp.zeros(3), client)
+    np.testing.assert_allclose(draws.mean(0), MEAN[0], atol=0.3)
+    np.testing.assert_allclose(np.cov(draws.T), COV, atol=0.35 * np.abs(COV).max())
+    assert np.linalg.norm(stuck.mean(0) - MEAN[0]) > 0.5  # fixed tiny steps: still near 0
+    assert int(info.num_grad_evals) > 200  # adaptation + sampling transitions

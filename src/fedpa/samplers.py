@@ -473,11 +473,16 @@ def hmc_chain(
     burnin_steps: int = 100,
     thinning: int = 1,
     max_num_doublings: int = 10,
+    adaptation_steps: int = 0,
 ):
     """A blackjax HMC (or NUTS, when ``num_integration_steps`` is ``None``) chain in a ``scan``.
 
-    Identity mass matrix, fixed step size (may be traced). Discards ``burnin_steps``
-    transitions, then keeps every ``thinning``-th state.
+    With ``adaptation_steps = 0``: identity mass matrix, fixed ``step_size`` (may be traced).
+    With ``adaptation_steps > 0``: blackjax's window adaptation (Stan's: dual averaging of the
+    step size towards acceptance 0.8, a diagonal mass matrix from the warm-up's variances) runs
+    that many transitions from ``position`` starting at ``step_size``, and the chain continues
+    from the adapted state with the adapted parameters. Then ``burnin_steps`` transitions are
+    discarded and every ``thinning``-th state is kept.
 
     Args:
       key: PRNG key.
@@ -488,25 +493,40 @@ def hmc_chain(
 
     Returns:
       ``(samples (num_samples, d), gradient_evaluations)``: the second is the total number of
-      leapfrog steps (one full-data gradient each), the chain's compute.
+      leapfrog steps (one full-data gradient each) including the adaptation's, the chain's
+      compute.
     """
     import blackjax
+    from blackjax.adaptation.base import get_filter_adapt_info_fn
 
-    inverse_mass = jnp.ones_like(position)
     if num_integration_steps is None:
-        algo = blackjax.nuts(
-            logdensity_fn, step_size, inverse_mass, max_num_doublings=max_num_doublings
-        )
+        family, extra = blackjax.nuts, {"max_num_doublings": max_num_doublings}
     else:
-        algo = blackjax.hmc(logdensity_fn, step_size, inverse_mass, num_integration_steps)
+        family, extra = blackjax.hmc, {"num_integration_steps": num_integration_steps}
+    k_burn, k_keep = jax.random.split(key)
+    evals = jnp.zeros((), jnp.int32)
+    if adaptation_steps:
+        k_adapt, k_burn = jax.random.split(k_burn)
+        warmup = blackjax.window_adaptation(
+            family,
+            logdensity_fn,
+            initial_step_size=step_size,
+            adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
+            **extra,
+        )
+        (state, parameters), info = warmup.run(k_adapt, position, adaptation_steps)
+        algo = family(logdensity_fn, **{**extra, **parameters})
+        evals = evals + jnp.sum(info.info.num_integration_steps).astype(jnp.int32)
+    else:
+        algo = family(logdensity_fn, step_size, jnp.ones_like(position), **extra)
+        state = algo.init(position)
 
     def transition(carry, k):
         state, evals = carry
         state, info = algo.step(k, state)
         return (state, evals + info.num_integration_steps), None
 
-    k_burn, k_keep = jax.random.split(key)
-    carry = (algo.init(position), jnp.zeros((), jnp.int32))
+    carry = (state, evals)
     carry, _ = lax.scan(transition, carry, jax.random.split(k_burn, burnin_steps))
 
     def block(carry, keys):
@@ -527,11 +547,13 @@ class HMC(Sampler):
     client's *whole* data array, so for padded clients the loss must ignore padding (the models
     of :mod:`fedpa.models` do, through the ``mask`` entry). ``num_integration_steps = None`` is
     NUTS (adaptive path lengths up to ``2^max_num_doublings``; under ``vmap`` every client waits
-    for the longest trajectory). Identity mass matrix, fixed step size.
+    for the longest trajectory). Identity mass matrix and a fixed step size, or, with
+    ``adaptation_steps > 0``, blackjax's window adaptation of both on every client (see
+    :func:`hmc_chain`; ``step_size`` is then its starting value).
 
     Leaves: ``step_size``, ``temperature``. Static: ``num_samples``, ``num_integration_steps``,
-    ``burnin_steps``, ``thinning``, ``max_num_doublings``. Build with :func:`hmc` or
-    :func:`nuts`; needs the ``mcmc`` extra (blackjax).
+    ``burnin_steps``, ``thinning``, ``max_num_doublings``, ``adaptation_steps``. Build with
+    :func:`hmc` or :func:`nuts`; needs the ``mcmc`` extra (blackjax).
     """
 
     step_size: Any = 0.1
@@ -541,6 +563,7 @@ class HMC(Sampler):
     burnin_steps: int = static(default=100)
     thinning: int = static(default=1)
     max_num_doublings: int = static(default=10)
+    adaptation_steps: int = static(default=0)
 
     def sample(self, key, loss_fn, params, client):
         flat, unravel = ravel_pytree(params)
@@ -560,6 +583,7 @@ class HMC(Sampler):
             burnin_steps=self.burnin_steps,
             thinning=self.thinning,
             max_num_doublings=self.max_num_doublings,
+            adaptation_steps=self.adaptation_steps,
         )
         return jax.vmap(unravel)(samples), _info(evals, client.num_examples)
 
@@ -572,6 +596,7 @@ def _mcmc(
     thinning,
     temperature,
     max_num_doublings,
+    adaptation_steps,
 ) -> HMC:
     num_samples = _validate.integer("num_samples", num_samples, minimum=2)
     _validate.real("step_size", step_size, low=0.0, low_open=True)
@@ -583,6 +608,7 @@ def _mcmc(
     thinning = _validate.integer("thinning", thinning, minimum=1)
     _validate.real("temperature", temperature, low=0.0, low_open=True)
     max_num_doublings = _validate.integer("max_num_doublings", max_num_doublings, minimum=1)
+    adaptation_steps = _validate.integer("adaptation_steps", adaptation_steps, minimum=0)
     return HMC(
         step_size=step_size,
         temperature=temperature,
@@ -591,6 +617,7 @@ def _mcmc(
         burnin_steps=burnin_steps,
         thinning=thinning,
         max_num_doublings=max_num_doublings,
+        adaptation_steps=adaptation_steps,
     )
 
 
@@ -602,6 +629,7 @@ def hmc(
     burnin_steps: int = 100,
     thinning: int = 1,
     temperature: float = 1.0,
+    adaptation_steps: int = 0,
 ) -> HMC:
     """Full-batch HMC (:class:`HMC`): ``(burnin_steps + num_samples · thinning) ·
     num_integration_steps`` full-data gradients.
@@ -613,9 +641,18 @@ def hmc(
       burnin_steps: discarded transitions.
       thinning: transitions between kept samples.
       temperature: ``T > 0``.
+      adaptation_steps: window-adaptation transitions (step size and a diagonal mass matrix)
+        before the burn-in, ``>= 0``; ``0``: fixed ``step_size``, identity mass matrix.
     """
     return _mcmc(
-        num_samples, step_size, num_integration_steps, burnin_steps, thinning, temperature, 10
+        num_samples,
+        step_size,
+        num_integration_steps,
+        burnin_steps,
+        thinning,
+        temperature,
+        10,
+        adaptation_steps,
     )
 
 
@@ -627,9 +664,17 @@ def nuts(
     thinning: int = 1,
     temperature: float = 1.0,
     max_num_doublings: int = 10,
+    adaptation_steps: int = 0,
 ) -> HMC:
     """The No-U-Turn sampler (:class:`HMC` with adaptive path lengths); arguments as
     :func:`hmc`, plus NUTS' tree-depth limit ``max_num_doublings``."""
     return _mcmc(
-        num_samples, step_size, None, burnin_steps, thinning, temperature, max_num_doublings
+        num_samples,
+        step_size,
+        None,
+        burnin_steps,
+        thinning,
+        temperature,
+        max_num_doublings,
+        adaptation_steps,
     )
