@@ -88,14 +88,12 @@ class LocalSGD(ClientUpdate):
 
     def __call__(self, key, loss_fn, params, client, round):
         del round
-        idx = samplers.minibatch_indices(
-            key, client.num_examples, (self.local_steps, self.batch_size)
-        )
+        stream = samplers.minibatch_stream(key, client.num_examples, self.batch_size)
         local = samplers.sgd_steps(
             loss_fn,
             params,
             client.data,
-            idx,
+            (stream, 0, self.local_steps),
             self.local_lr,
             momentum=self.momentum,
             unroll=self.unroll,
