@@ -64,6 +64,15 @@ def test_iasg_moments_approach_the_exact_posterior(client_problem):
     assert shape_err(np.cov(raw.T)) > 2 * shape_err(np.cov(draws.T))
 
 
+def test_minibatch_stream_rows_equal_the_index_array():
+    key, n = jax.random.key(4), jnp.int32(37)
+    idx = samplers.minibatch_indices(key, n, (50, 8))
+    stream = samplers.minibatch_stream(key, n, 8)
+    rows = jax.vmap(stream.rows)(jnp.arange(50, dtype=jnp.uint32))
+    np.testing.assert_array_equal(rows, idx)
+    assert not np.array_equal(rows[0], rows[1])
+
+
 def test_sgd_steps_is_deterministic_and_follows_the_gradient():
     p = problems.quadratic_2d()
     client = p.client(0)
