@@ -56,6 +56,11 @@ PROFILES = {
         "seeds": 2,
         "rounds": 20,
     },
+    "tiny": {  # for the test suite
+        "grid": {"local_lr": [0.01, 0.02], "rho": [0.1], "server_lr": [1.0]},
+        "seeds": 1,
+        "rounds": 2,
+    },
 }
 
 

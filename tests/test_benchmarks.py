@@ -11,28 +11,33 @@ from benchmarks import rounds  # the repo root is on pytest's pythonpath (pyproj
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     assert rounds.main(["--profile", "tiny", "--out", str(out)]) == 0
-    return json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text()
+    stem = rounds.results_stem("tiny")
+    assert stem == "tiny-cpu"
+    return json.loads((out / f"{stem}.json").read_text()), (out / f"{stem}.md").read_text()
 
 
 def test_json_has_hardware_and_every_part(written):
     result, _ = written
     hw = result["hardware"]
-    assert hw["cpu_count"] >= 1 and hw["backend"] == "cpu" and hw["jax"]
+    assert hw["cpu_count"] >= 1 and hw["backend"] == "cpu" and hw["jax"] and hw["cpu"]
+    # No ratio against numbers from other hardware: the original's figures carry their machine.
+    assert "machine" in result["original"]
+    assert not any("speedup" in key for row in result["rounds"] for key in row)
     assert {r["algorithm"] for r in result["rounds"]} == {"FedAvg", "FedPA-exact"}
     for row in result["rounds"] + result["scaling"]:
         assert row["s_per_round"] > 0 and row["compile_s"] >= 0
         assert row["s_per_round_min"] <= row["s_per_round"]
         assert row["peak_rss_bytes"] > 0
     (delta,) = result["delta"]
-    assert delta["dp_s"] > 0 and delta["direct_s"] > 0
-    assert delta["max_rel_diff"] < 1e-4  # the DP and the direct solve agree
+    assert delta["dynprog_s"] > 0 and delta["direct_s"] > 0
+    assert delta["max_rel_diff"] < 1e-4  # the dynamic program and the direct solve agree
     assert result["scaling"][0]["client_chunk_size"] == 8
 
 
 def test_markdown_has_the_three_tables(written):
     result, text = written
-    for title in ("Seconds per round", "dynamic program vs direct", "Scaling"):
-        assert f"## {title}" in text or title in text
+    for title in ("Seconds per round", "dynamic program vs direct", "Scaling", "Hardware: CPU"):
+        assert title in text
     table_rows = [line for line in text.splitlines() if line.startswith("| FedAvg |")]
     assert len(table_rows) == len(
         [r for r in result["rounds"] + result["scaling"] if r["algorithm"] == "FedAvg"]
@@ -80,3 +85,14 @@ def test_mulhi_is_exact():
     b = rng.integers(1, 2**31, 10_000, dtype=np.uint64)
     got = samplers._mulhi_u32(jnp.asarray(a.astype(np.uint32)), jnp.asarray(b.astype(np.uint32)))
     np.testing.assert_array_equal(np.asarray(got).astype(np.uint64), (a * b) >> np.uint64(32))
+
+
+def test_sweep_benchmark_compiles_the_run_loop_once(tmp_path):
+    from benchmarks import sweep
+
+    result = sweep.run_benchmark("tiny", tmp_path, log=lambda s: None)
+    assert result["run_loop"]["compilations"] == 1 and result["run_loop"]["runs"] == 2
+    assert result["sweep"]["end_to_end_s"] > 0 and result["old_loop"]["total_s"] > 0
+    assert (tmp_path / "sweep_tiny.json").exists()
+    text = (tmp_path / "sweep_tiny.md").read_text()
+    assert "Hardware: CPU" in text and "(a) `fedpa.sweep`" in text
