@@ -34,6 +34,7 @@ from ._pytree import pytree_dataclass, static
 __all__ = [
     "Sampler",
     "SamplerInfo",
+    "local_compute",
     "IASG",
     "SGLD",
     "HMC",
@@ -65,7 +66,8 @@ class SamplerInfo(NamedTuple):
     num_example_grads: jax.Array
 
 
-def _info(grad_evals, examples_per_grad) -> SamplerInfo:
+def local_compute(grad_evals, examples_per_grad) -> SamplerInfo:
+    """A :class:`SamplerInfo` of ``grad_evals`` gradients of ``examples_per_grad`` examples each."""
     evals = jnp.asarray(grad_evals, jnp.int32)
     return SamplerInfo(evals, evals * jnp.asarray(examples_per_grad, jnp.int32))
 
@@ -304,7 +306,7 @@ class IASG(Sampler):
         else:
             samples = jax.vmap(chain)(jax.random.split(key, self.num_chains))
             samples = jax.tree.map(lambda s: s.reshape(-1, *s.shape[2:]), samples)
-        return samples, _info(self.num_chains * self.steps_per_chain, self.batch_size)
+        return samples, local_compute(self.num_chains * self.steps_per_chain, self.batch_size)
 
 
 def iasg(
@@ -383,7 +385,7 @@ class ExactGaussian(Sampler):
         z = jax.random.normal(key, (self.num_samples, post.mean.shape[-1]), post.mean.dtype)
         offsets = jax.scipy.linalg.solve_triangular(post.precision_cholesky.T, z.T, lower=False)
         samples = post.mean + jnp.sqrt(jnp.asarray(self.scale, post.mean.dtype)) * offsets.T
-        return samples, _info(0, 0)
+        return samples, local_compute(0, 0)
 
 
 def exact_gaussian(num_samples: int, *, scale: float = 1.0) -> ExactGaussian:
@@ -453,7 +455,7 @@ class SGLD(Sampler):
             noise_keys[burn:].reshape(num, thin, *noise_keys.shape[1:]),
         )
         _, samples = lax.scan(block, x, rest)
-        return jax.vmap(unravel)(samples), _info(total, self.batch_size)
+        return jax.vmap(unravel)(samples), local_compute(total, self.batch_size)
 
 
 def sgld(
@@ -617,7 +619,7 @@ class HMC(Sampler):
             max_num_doublings=self.max_num_doublings,
             adaptation_steps=self.adaptation_steps,
         )
-        return jax.vmap(unravel)(samples), _info(evals, client.num_examples)
+        return jax.vmap(unravel)(samples), local_compute(evals, client.num_examples)
 
 
 def _mcmc(

@@ -26,10 +26,9 @@ leaves, traced and vmappable; integers that fix shapes are static) with one pure
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
@@ -53,16 +52,9 @@ __all__ = [
 ]
 
 
-class UpdateInfo(NamedTuple):
-    """Local compute of one client update: int32 scalars, as in ``SamplerInfo``."""
-
-    num_grad_evals: jax.Array
-    num_example_grads: jax.Array
-
-
-def _info(grad_evals, examples_per_grad) -> UpdateInfo:
-    evals = jnp.asarray(grad_evals, jnp.int32)
-    return UpdateInfo(evals, evals * jnp.asarray(examples_per_grad, jnp.int32))
+UpdateInfo = samplers.SamplerInfo
+"""Local compute of one client update (the :class:`~fedpa.samplers.SamplerInfo` fields)."""
+_info = samplers.local_compute
 
 
 class ClientUpdate:
@@ -134,7 +126,7 @@ class PosteriorDelta(ClientUpdate):
         flat_params, unravel = ravel_pytree(params)
         flat_samples = jax.vmap(lambda s: ravel_pytree(s)[0])(samples)
         delta = posterior.delta_unchecked(flat_samples, flat_params, self.rho, self.target)
-        return unravel(delta), UpdateInfo(*info)
+        return unravel(delta), info
 
 
 @pytree_dataclass
