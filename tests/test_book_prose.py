@@ -29,6 +29,7 @@ CONVERTED: list[str] = [
     "posterior_inference_2d",
     "local_inference",
     "fedavg_bias",
+    "least_squares",
 ]
 
 # Fixed facts any chapter may write: small counts and formula constants, years of the papers
@@ -44,6 +45,8 @@ CHAPTER_ALLOWED: dict[str, set[str]] = {
     # the built-in problems: the crossing ellipses (eigenvalues 1 and 0.05, rotated by 60°) and
     # the public re-creations' A_i = diag(2, 15) - 1.5·11ᵀ with client step 10^-1.5
     "posterior_inference_2d": {"0.05", "60", "15", "1.5", "10^-1"},
+    # local SGD step 0.5/d, the server step decay 0.05^(t/T), 95 % intervals
+    "least_squares": {"0.5", "0.05", "95"},
 }
 
 _FENCED = re.compile(r"^(```|~~~)(?!\{(?:admonition|note|tip|warning)).*?^\1\s*$", re.M | re.S)
