@@ -30,6 +30,8 @@ CONVERTED: list[str] = [
     "local_inference",
     "fedavg_bias",
     "least_squares",
+    "practical_fedpa",
+    "performance",
 ]
 
 # Fixed facts any chapter may write: small counts and formula constants, years of the papers
@@ -47,6 +49,11 @@ CHAPTER_ALLOWED: dict[str, set[str]] = {
     "posterior_inference_2d": {"0.05", "60", "15", "1.5", "10^-1"},
     # local SGD step 0.5/d, the server step decay 0.05^(t/T), 95 % intervals
     "least_squares": {"0.5", "0.05", "95"},
+    # the confidence level, the client momentum of the IASG variant, FedProx's year and its
+    # Synthetic recipe's 30 clients and 60 features
+    "practical_fedpa": {"95", "0.9", "2020", "30", "60"},
+    # setting R: 500 points per client, IASG burn-in 50 and 150 local steps, 200 timed rounds
+    "performance": {"500", "50", "150", "200"},
 }
 
 _FENCED = re.compile(r"^(```|~~~)(?!\{(?:admonition|note|tip|warning)).*?^\1\s*$", re.M | re.S)
