@@ -169,3 +169,25 @@ def test_update_hyperparameters_are_leaves():
     assert sorted(jax.tree.leaves(b)) == [0.05, 0.05, 2.0, 7]
     c = fedpa.fedpa_iasg(3, 2, 1, local_lr=0.3, rho=0.5, burnin_rounds=2)
     assert jax.tree.structure(b) == jax.tree.structure(c)
+
+
+def test_a_user_defined_client_update_runs_and_its_floats_are_traced(hetero):
+    """A researcher's own client update: fedpa.pytree_dataclass, a float leaf, a static int."""
+
+    @fedpa.pytree_dataclass
+    class ScaledGradient(fedpa.ClientUpdate):
+        scale: float = 1.0
+        batch_size: int = fedpa.static(default=10)
+
+        def __call__(self, key, loss_fn, params, client, round):
+            rows = samplers.minibatch_indices(key, client.num_examples, (self.batch_size,))
+            batch = jax.tree.map(lambda a: a[rows], client.data)
+            grad = jax.grad(loss_fn)(params, batch)
+            return jax.tree.map(lambda g: self.scale * g, grad), samplers.local_compute(1, 10)
+
+    prob = jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.float64 else a, hetero)
+    assert jax.tree.leaves(ScaledGradient(0.5)) == [0.5]
+    kw = dict(rounds=2, clients_per_round=3, key=jax.random.key(0))
+    half = fedpa.run(ScaledGradient(0.5), optax.sgd(1.0), prob, **kw)
+    full = fedpa.run(ScaledGradient(1.0), optax.sgd(0.5), prob, **kw)
+    np.testing.assert_allclose(half.params, full.params, rtol=1e-6)

@@ -17,11 +17,14 @@ Public names::
     fedpa.data          federated digits (Dirichlet split), TFF EMNIST HDF5, classification problems
 
 Hyperparameters are data: algorithms and samplers are pytrees whose float hyperparameters are
-traced leaves, so new values never recompile. The book's machinery lives in ``fedpa_book``,
+traced leaves, so new values never recompile. Write your own with ``fedpa.pytree_dataclass``
+(subclassing ``fedpa.samplers.Sampler`` or ``fedpa.ClientUpdate``) and ``fedpa.static()`` for
+fields that fix shapes. The book's machinery lives in ``fedpa_book``,
 which this package never imports.
 """
 
 from . import data, models, posterior, problems, samplers, theory, updates
+from ._pytree import pytree_dataclass, static
 from .rounds import (
     DivergenceError,
     Result,
@@ -63,11 +66,13 @@ __all__ = [
     "models",
     "posterior",
     "problems",
+    "pytree_dataclass",
     "run",
     "run_rounds",
     "samplers",
     "server",
     "stack_problems",
+    "static",
     "sweep",
     "theory",
     "updates",
