@@ -27,6 +27,7 @@ PAPER_ORDER = [
     "fedavg_bias",
     "local_inference",
     "least_squares",
+    "practical_fedpa",
     "beyond_quadratics",
     "performance",
     "api",
