@@ -180,3 +180,16 @@ def test_rounds_to_target():
 def test_final_errors_marks_divergence():
     h = jnp.array([[[1.0, 2.0, 3.0], [1.0, np.nan, np.nan]]])
     np.testing.assert_allclose(practical.final_errors(h, 2), [[2.5, np.inf]])
+
+
+def test_edge_choices_flags_best_values_on_the_grid_edge():
+    grid = {"a": [1.0, 2.0, 3.0], "b": [0.1, 0.2], "c": [5]}
+    configs = fedpa.sweeps.grid_configs(grid)
+    tuning = pd.DataFrame(configs).assign(best=False)
+    interior = [i for i, c in enumerate(configs) if c["a"] == 2.0 and c["b"] == 0.2]
+    tuning.loc[interior[0], "best"] = True
+    # a = 2 is inside its grid; b = 0.2 is its largest; c has one value (never an edge)
+    assert practical.edge_choices(tuning, grid) == ["b=0.2"]
+    tuning["best"] = False
+    tuning.loc[[i for i, c in enumerate(configs) if c["a"] == 1.0][0], "best"] = True
+    assert "a=1" in practical.edge_choices(tuning, grid)

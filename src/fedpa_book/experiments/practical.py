@@ -396,6 +396,21 @@ def tune_and_evaluate(
     return tuning, curves
 
 
+def edge_choices(tuning: pd.DataFrame, grid) -> list[str]:
+    """The grid axes (of more than one value) whose best value is the grid's smallest or largest.
+
+    A best choice on the edge of its grid says the grid may not reach far enough on that axis.
+    ``tuning`` is the tuning table of :func:`tune_and_evaluate` (one row ``best``).
+    """
+    best = tuning[tuning["best"]].iloc[0]
+    edges = []
+    for name, values in grid.items():
+        values = sorted(set(np.atleast_1d(values).tolist()))
+        if len(values) > 1 and best[name] in (values[0], values[-1]):
+            edges.append(f"{name}={best[name]:g}")
+    return edges
+
+
 def _tuning_table(configs, finals, chosen, best):
     tuning = pd.DataFrame(configs)
     with np.errstate(invalid="ignore"):
