@@ -193,3 +193,5 @@ def test_edge_choices_flags_best_values_on_the_grid_edge():
     tuning["best"] = False
     tuning.loc[[i for i, c in enumerate(configs) if c["a"] == 1.0][0], "best"] = True
     assert "a=1" in practical.edge_choices(tuning, grid)
+    # a list of configurations works too: the axes are the values the list takes
+    assert practical.edge_choices(tuning, configs) == practical.edge_choices(tuning, grid)

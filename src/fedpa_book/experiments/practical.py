@@ -400,12 +400,17 @@ def edge_choices(tuning: pd.DataFrame, grid) -> list[str]:
     """The grid axes (of more than one value) whose best value is the grid's smallest or largest.
 
     A best choice on the edge of its grid says the grid may not reach far enough on that axis.
-    ``tuning`` is the tuning table of :func:`tune_and_evaluate` (one row ``best``).
+    ``grid`` is a product grid or a list of configurations (as :func:`fedpa.sweep`). ``tuning`` is
+    the tuning table of :func:`tune_and_evaluate` (one row ``best``).
     """
     best = tuning[tuning["best"]].iloc[0]
+    axes: dict[str, set] = {}
+    for config in fedpa.sweeps.grid_configs(grid):  # a product grid or a list of configurations
+        for name, value in config.items():
+            axes.setdefault(name, set()).add(value)
     edges = []
-    for name, values in grid.items():
-        values = sorted(set(np.atleast_1d(values).tolist()))
+    for name, values in axes.items():
+        values = sorted(values)
         if len(values) > 1 and best[name] in (values[0], values[-1]):
             edges.append(f"{name}={best[name]:g}")
     return edges
