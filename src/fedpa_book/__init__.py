@@ -23,10 +23,14 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     """Stores ``value`` under ``name`` for ``{glue:text}`name:fmt``` in the chapter's prose.
 
     A thin wrapper of :func:`myst_nb.glue` that shows nothing by default, so the number appears
-    only where the prose places it.
+    only where the prose places it. NumPy and JAX scalars are stored as Python numbers: myst-nb
+    formats ``{glue:text}`name:.2f``` from the value's text form, and NumPy 2 writes
+    ``np.float64(0.5)`` there, which it cannot parse.
     """
     from myst_nb import glue as _glue
 
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     _glue(name, value, display=display)
 
 
