@@ -132,13 +132,20 @@ def _build(factory, config, where: str):
 
 
 def _groups(factory, configs):
-    """Splits configurations by structure: ``[(indices, static names), ...]``."""
+    """Splits configurations by structure.
+
+    Returns:
+      ``([(indices, traced names), ...], factory(**configs[0]))``: the groups, and the first
+      configuration's ``(algorithm, optimizer)`` (built once here, checked by the caller).
+    """
     names = list(configs[0])
     numeric = {n for n in names if all(_is_number(c[n]) for c in configs)}
     by_structure: dict[Any, list[int]] = {}
+    first = None
     for i, config in enumerate(configs):
         algorithm, optimizer = _build(factory, config, f"configuration {i}")
         _check_factory_output(algorithm, optimizer)
+        first = first or (algorithm, optimizer)
         key = (
             jax.tree.structure(algorithm),
             tuple((n, repr(config[n])) for n in names if n not in numeric),
@@ -148,7 +155,7 @@ def _groups(factory, configs):
     for indices in by_structure.values():
         traced = [n for n in sorted(numeric) if len({configs[i][n] for i in indices}) > 1]
         groups.append((indices, traced))
-    return groups
+    return groups, first
 
 
 def _check_factory_output(algorithm, optimizer) -> None:
@@ -230,8 +237,7 @@ def sweep(
         client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
     problems, batched = _seed_problems(problem, seeds, problem_key)
     first = jax.tree.map(lambda a: a[0], problems) if batched else problems
-    groups = _groups(factory, configs)
-    algorithm, optimizer = factory(**configs[0])
+    groups, (algorithm, optimizer) = _groups(factory, configs)
     rounds, clients_per_round, _ = check_run_args(
         algorithm, first, rounds, clients_per_round, optimizer, key
     )
