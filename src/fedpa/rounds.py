@@ -8,7 +8,8 @@ state, so continuing a run from its state is the same computation as one long ru
 :func:`run` is the host wrapper: argument checks, one ``jit`` (cached on structure only: new
 float hyperparameters never recompile), NumPy conversion and the divergence check.
 
-Inside a round: sample ``clients_per_round`` clients uniformly without replacement, ``vmap`` the
+Inside a round: sample ``clients_per_round`` clients uniformly without replacement
+(the indices ``jax.random.choice`` draws, without its sort: ``_sample_clients``), ``vmap`` the
 client update over them, average the deltas weighted by example counts, and let an optax
 optimizer apply the average as a pseudo-gradient. No Python loop over clients or rounds; no host
 round-trip inside the loop.
@@ -28,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _validate
+from . import _dots, _validate
 from .problems import FederatedProblem
 from .updates import ClientUpdate
 
@@ -108,6 +109,39 @@ def metrics(problem: FederatedProblem, params) -> dict:
     return out
 
 
+_RANK_MAX_CLIENTS = 400  # counting pairs beat XLA:CPU's sort up to about 500 clients (2 cores)
+
+
+def _sample_clients(key, num_clients: int, clients_per_round: int) -> jax.Array:
+    """``jax.random.choice(key, num_clients, (clients_per_round,), replace=False)``: the same
+    ``int32`` indices, bit for bit, computed without a sort for up to 400 clients.
+
+    ``choice`` keeps the first ``clients_per_round`` of a random permutation, which it makes by
+    stably sorting ``arange(num_clients)`` on one random 32-bit word per client (one sort
+    round for up to 1625 clients; the words are ``jax.random.bits`` of the second half of
+    ``jax.random.split(key)``). Here the same words are drawn and each client's position in that
+    sorted order, the number of clients whose word is smaller or equal with a smaller index, is
+    counted by comparing all pairs; the client at position ``r`` is the ``r``-th selected. On
+    XLA:CPU this is about twice as fast as the sort at 100 clients (5 µs instead of 12).
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, num_clients)) / np.log(np.iinfo(np.uint32).max)))
+    if num_clients > _RANK_MAX_CLIENTS or rounds != 1:
+        return jax.random.choice(key, num_clients, (clients_per_round,), replace=False)
+    words = jax.random.bits(jax.random.split(key)[1], (num_clients,), jnp.uint32)
+    return _first_in_stable_order(words, clients_per_round)
+
+
+def _first_in_stable_order(words, count: int) -> jax.Array:
+    """``argsort(words, stable=True)[:count]`` (``int32``) by counting pairs, without a sort."""
+    index = jnp.arange(words.shape[0], dtype=jnp.int32)
+    earlier = (words[None, :] < words[:, None]) | (
+        (words[None, :] == words[:, None]) & (index[None, :] < index[:, None])
+    )
+    position = jnp.sum(earlier, axis=1, dtype=jnp.int32)
+    slots = jnp.arange(count, dtype=jnp.int32)
+    return jnp.sum(jnp.where(position[None, :] == slots[:, None], index[None, :], 0), axis=1)
+
+
 def server(
     algorithm: ClientUpdate,
     clients_per_round: int,
@@ -115,6 +149,7 @@ def server(
     *,
     client_chunk_size: int | None = None,
     mesh: Mesh | None = None,
+    small_dots: bool = False,
 ) -> Server:
     """One federated round as a pure kernel pair ``(init, step)``.
 
@@ -131,6 +166,10 @@ def server(
       mesh: a ``jax.sharding.Mesh``; the clients of a round (of a chunk) are sharded over all of
         its devices, server state replicated. When the device count does not divide the clients,
         the round is padded with repeated clients of weight zero (same result).
+      small_dots: compute the loss's small dot products as multiply + sum
+        (:func:`fedpa._dots.small_dots_as_reductions`, up to :data:`fedpa._dots.BUDGET`
+        multiply-adds per dot over the clients a device evaluates at once): the same values up
+        to float reassociation, faster on XLA:CPU. :func:`run` turns it on on the CPU.
     """
     num_devices = 1 if mesh is None else int(mesh.size)
     chunk = clients_per_round if client_chunk_size is None else client_chunk_size
@@ -138,6 +177,7 @@ def server(
     num_chunks = -(-clients_per_round // chunk)
     pad = num_chunks * chunk - clients_per_round
     mesh_axes = None if mesh is None else tuple(mesh.axis_names)
+    max_dot = _dots.BUDGET // (chunk // num_devices)
 
     def shard(x, spec):
         if mesh is None:
@@ -149,9 +189,7 @@ def server(
 
     def step(key, state: ServerState, problem: FederatedProblem):
         k_select, k_clients = jax.random.split(key)
-        selected = jax.random.choice(
-            k_select, problem.num_clients, (clients_per_round,), replace=False
-        )
+        selected = _sample_clients(k_select, problem.num_clients, clients_per_round)
         keys = jax.random.split(k_clients, clients_per_round)
         counts = problem.clients.num_examples[selected].astype(jnp.result_type(float))
         weights = counts / jnp.sum(counts)
@@ -160,14 +198,19 @@ def server(
             keys = jnp.concatenate([keys, jnp.broadcast_to(keys[0], (pad,))])
             weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
         params = shard(state.params, P())
+        loss_fn = problem.loss_fn
+        if small_dots and max_dot:
+            loss_fn = _dots.small_dots_as_reductions(loss_fn, max_dot)
 
         def weighted_sum(sel, ks, w):
             # Gather only these clients' data; with a mesh each device gathers its own clients.
             sel, ks, w = shard(sel, P(mesh_axes)), shard(ks, P(mesh_axes)), shard(w, P(mesh_axes))
             clients = jax.tree.map(lambda a: a[sel], problem.clients)
-            deltas, info = jax.vmap(
-                lambda c, k: algorithm(k, problem.loss_fn, params, c, state.round)
-            )(clients, ks)
+
+            def update(c, k):
+                return algorithm(k, loss_fn, params, c, state.round)
+
+            deltas, info = jax.vmap(update)(clients, ks)
             total = jax.tree.map(lambda d: jnp.tensordot(w.astype(d.dtype), d, 1), deltas)
             evals = jnp.sum(jnp.where(w > 0, info.num_grad_evals, 0))
             return total, evals
@@ -207,13 +250,14 @@ def run_rounds(
     client_chunk_size: int | None = None,
     mesh: Mesh | None = None,
     trace_params: bool = False,
+    small_dots: bool = False,
 ) -> tuple[ServerState, dict]:
     """``rounds`` federated rounds from ``state``: a pure function, to ``jit`` and ``vmap``.
 
     Round ``r`` (absolute, from ``state.round``) uses the key ``jax.random.fold_in(key, r)``,
     so ``run_rounds(key, run_rounds(key, s, rounds=a)[0], rounds=b)`` equals
     ``run_rounds(key, s, rounds=a + b)``. Arguments are not checked (see :func:`run`); the
-    keyword arguments are static (Python values).
+    keyword arguments are static (Python values); ``small_dots`` as in :func:`server`.
 
     Returns:
       ``(state, history)``: the final :class:`ServerState` and ``{metric: (rounds, ...)}``
@@ -225,6 +269,7 @@ def run_rounds(
         server_optimizer,
         client_chunk_size=client_chunk_size,
         mesh=mesh,
+        small_dots=small_dots,
     )
 
     def body(s, _):
@@ -275,6 +320,7 @@ def _optimizer_key(optimizer: optax.GradientTransformation, params, opt_state) -
         "client_chunk_size",
         "mesh",
         "trace_params",
+        "small_dots",
     ),
 )
 def _run_jit(key, state, problem, algorithm, *, optimizer, **static):
@@ -402,11 +448,17 @@ def run(
         client_chunk_size=client_chunk_size,
         mesh=mesh,
         trace_params=trace_params,
+        small_dots=_platform(mesh) == "cpu",
     )
     history = {k: np.asarray(v) for k, v in history.items()}
     if check_divergence and not history["finite"].all():
         raise DivergenceError(int(np.argmin(history["finite"])), type(algorithm).__name__)
     return Result(state.params, history, state)
+
+
+def _platform(mesh: Mesh | None) -> str:
+    """The platform the round loop runs on: the mesh's devices', else the default backend."""
+    return jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
 
 
 def check_params_like(params, reference, name: str = "init_params") -> None:
