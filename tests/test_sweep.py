@@ -75,7 +75,7 @@ def test_config_chunks_and_problem_factories(small):
     ]
     key = jax.random.key(1)
     whole = fedpa.sweep(_factory, small, grid, 3, 4, seeds=2, key=key)
-    chunked = fedpa.sweep(_factory, small, grid, 3, 4, seeds=2, key=key, config_chunk_size=2)
+    chunked = fedpa.sweep(_factory, small, grid, 3, 4, seeds=2, key=key, chunk_size=2)
     np.testing.assert_allclose(whole.params, chunked.params, rtol=1e-5)
 
     def make(k):
@@ -92,6 +92,46 @@ def test_config_chunks_and_problem_factories(small):
             key=jax.random.fold_in(key, j),
         )
         np.testing.assert_allclose(per_seed.params[0, j], one.params, rtol=2e-5)
+
+
+def test_kept_configurations_reuse_the_tuning_compilation(small):
+    """A tuning sweep, then its kept configurations on other problems and seeds (with the same
+    chunk size and traced names): one compilation for both, and each run still equals its
+    individual run (so the padding of the last chunk and the per-run problems line up)."""
+
+    def make(k):
+        return problems.least_squares(k, 13, 17, 3, heterogeneity=1.0)
+
+    grid = {"local_lr": [0.01, 0.03], "rho": [0.1, 3.0], "server_lr": [0.5, 1.0]}
+    names = ("local_lr", "rho", "server_lr")
+    key, pkey = jax.random.key(4), jax.random.key(5)
+
+    def both():
+        tuned = fedpa.sweep(_factory, make, grid, 3, 4, 2, key, problem_key=pkey, chunk_size=3)
+        assert tuned.traced == names
+        kept = [tuned.configs[6]]  # one configuration: nothing varies, all three still traced
+        evaluated = fedpa.sweep(
+            _factory, make, kept, 3, 4, 3, key, problem_key=pkey, chunk_size=3, trace=tuned.traced
+        )
+        return tuned, evaluated
+
+    (tuned, evaluated), compiles = _compiles(both)
+    assert compiles == 1
+    np.testing.assert_allclose(evaluated.params[0, :2], tuned.params[6], rtol=1e-5, atol=1e-7)
+    for j in range(3):
+        one = fedpa.run(
+            *_factory(**tuned.configs[6]),
+            make(jax.random.fold_in(pkey, j)),
+            3,
+            4,
+            key=jax.random.fold_in(key, j),
+        )
+        np.testing.assert_allclose(evaluated.params[0, j], one.params, rtol=2e-5, atol=1e-7)
+    # Without trace names the single configuration compiles its constants in: a new program.
+    _, compiles = _compiles(
+        lambda: fedpa.sweep(_factory, make, [tuned.configs[6]], 3, 4, 3, key, problem_key=pkey)
+    )
+    assert compiles == 1
 
 
 def test_to_frame_is_tidy(small):
@@ -129,6 +169,9 @@ def test_to_frame_is_tidy(small):
             {"clients_per_round": 99},
             "exceeds num_clients",
         ),
+        ({"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]}, {"trace": ["lr"]}, "not a grid"),
+        ({"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]}, {"trace": "rho"}, "sequence"),
+        ({"local_lr": [0.1], "rho": [0.1], "server_lr": [1.0]}, {"chunk_size": 0}, "chunk_size"),
     ],
 )
 def test_bad_input_fails_before_any_compute(small, grid, kwargs, message):

@@ -4,7 +4,10 @@
 one ``vmap`` over the grid's numeric values and another over the seeds, so a whole tuning grid
 costs one compile. Grid values that change the algorithm's *structure* (integers that fix shapes,
 such as ``local_steps`` or ``num_samples``, strings, ``None`` vs a number) split the grid into
-groups, one compile each; every other numeric value is traced.
+groups, one compile each; every other numeric value is traced. Compiled groups are cached on
+(factory, fixed values, traced names, shapes): sweeps that differ only in their traced values,
+such as a tuning grid and the configurations kept for evaluation, run one compiled function
+(give both the same ``chunk_size`` and ``trace`` names).
 
 Contract: configuration ``i``, seed ``j`` gives what
 ``fedpa.run(*factory(**configs[i]), problem_j, rounds, clients_per_round,
@@ -40,12 +43,15 @@ class SweepResult(NamedTuple):
         :class:`fedpa.Result`; no divergence check: see ``"finite"``).
       params: the final server models, a pytree with leaves ``(num_configs, num_seeds, ...)``.
       seeds: the number of seeds.
+      traced: the grid names traced (not compiled in) in some structure group; pass them as
+        ``trace`` to a later sweep of chosen configurations to reuse this sweep's compilation.
     """
 
     configs: list[dict]
     history: dict[str, np.ndarray]
     params: Any
     seeds: int
+    traced: tuple[str, ...] = ()
 
     def to_frame(self, metrics: Sequence[str] | None = None):
         """A tidy pandas table: one row per configuration, seed and round (1-based, after the
@@ -131,7 +137,7 @@ def _build(factory, config, where: str):
     return out
 
 
-def _groups(factory, configs):
+def _groups(factory, configs, trace=()):
     """Splits configurations by structure.
 
     Returns:
@@ -153,7 +159,9 @@ def _groups(factory, configs):
         by_structure.setdefault(key, []).append(i)
     groups = []
     for indices in by_structure.values():
-        traced = [n for n in sorted(numeric) if len({configs[i][n] for i in indices}) > 1]
+        traced = [
+            n for n in sorted(numeric) if n in trace or len({configs[i][n] for i in indices}) > 1
+        ]
         groups.append((indices, traced))
     return groups, first
 
@@ -201,7 +209,8 @@ def sweep(
     key=None,
     *,
     problem_key=None,
-    config_chunk_size: int | None = None,
+    chunk_size: int | None = None,
+    trace: Sequence[str] = (),
     client_chunk_size: int | None = None,
     trace_params: bool = False,
 ) -> SweepResult:
@@ -221,8 +230,15 @@ def sweep(
         ``jax.random.fold_in(key, j)``.
       key: PRNG key (required).
       problem_key: PRNG key for a problem factory.
-      config_chunk_size: evaluate this many configurations at a time (``lax.map`` with a batch
-        size; bounds memory for large grids); ``None``: all at once.
+      chunk_size: runs (configuration × seed pairs) per compiled call; a group's runs are
+        evaluated in calls of exactly this many (the last one padded by repeating a run), so
+        every sweep with the same structure and ``chunk_size`` reuses one compilation, and memory
+        stays bounded for large grids. ``None``: all of a group's runs in one call.
+      trace: grid names to trace even where a structure group holds a single value (by default
+        only values that vary within a group are traced; the others are compiled in as
+        constants). Name every numeric axis of a tuning grid here when sweeping its chosen
+        configurations again, so that they reuse the tuning sweep's compilation. Names that
+        fix shapes (integers the algorithm's structure depends on) cannot be traced.
       client_chunk_size: as in :func:`fedpa.run`.
       trace_params: also record the flattened model after every round.
 
@@ -231,40 +247,48 @@ def sweep(
     """
     configs = grid_configs(grid)
     seeds = _validate.integer("seeds", seeds, minimum=1)
-    if config_chunk_size is not None:
-        config_chunk_size = _validate.integer("config_chunk_size", config_chunk_size, minimum=1)
+    if chunk_size is not None:
+        chunk_size = _validate.integer("chunk_size", chunk_size, minimum=1)
+    trace = _check_trace(trace, configs)
     if client_chunk_size is not None:
         client_chunk_size = _validate.integer("client_chunk_size", client_chunk_size, minimum=1)
     problems, batched = _seed_problems(problem, seeds, problem_key)
     first = jax.tree.map(lambda a: a[0], problems) if batched else problems
-    groups, (algorithm, optimizer) = _groups(factory, configs)
+    groups, (algorithm, optimizer) = _groups(factory, configs, trace)
     rounds, clients_per_round, _ = check_run_args(
         algorithm, first, rounds, clients_per_round, optimizer, key
     )
     seed_keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(seeds))
-    static = dict(
-        rounds=rounds,
-        clients_per_round=clients_per_round,
-        client_chunk_size=client_chunk_size,
-        trace_params=trace_params,
+    static = (
+        ("rounds", rounds),
+        ("clients_per_round", clients_per_round),
+        ("client_chunk_size", client_chunk_size),
+        ("trace_params", trace_params),
     )
     histories: list = [None] * len(configs)
+    traced_names: set = set()
     finals: list = [None] * len(configs)
     for indices, traced in groups:
         fixed = {n: v for n, v in configs[indices[0]].items() if n not in traced}
         values = {n: _stack([configs[i][n] for i in indices]) for n in traced}
-        hist, params = jax.tree.map(
-            np.asarray,
-            _run_group(
-                factory, fixed, values, seed_keys, problems, batched, config_chunk_size, static
-            ),
+        traced_names.update(traced)
+        fn = _compiled(factory, fixed, tuple(traced), static, batched)
+        hist, params = _run_group(
+            fn,
+            values,
+            len(indices),
+            seeds,
+            seed_keys,
+            problems if batched else None,
+            chunk_size,
+            shared=None if batched else problems,
         )
         for pos, i in enumerate(indices):
             histories[i] = jax.tree.map(lambda a, pos=pos: a[pos], hist)
             finals[i] = jax.tree.map(lambda a, pos=pos: a[pos], params)
     history = {k: np.stack([h[k] for h in histories]) for k in histories[0]}
     params = jax.tree.map(lambda *p: np.stack(p), *finals)
-    return SweepResult(configs, history, params, seeds)
+    return SweepResult(configs, history, params, seeds, tuple(sorted(traced_names)))
 
 
 def _stack(values):
@@ -273,24 +297,68 @@ def _stack(values):
     return jnp.asarray(values, jnp.result_type(float))
 
 
-def _run_group(factory, fixed, values, seed_keys, problems, batched, chunk, static):
+def _check_trace(trace, configs) -> frozenset:
+    if isinstance(trace, str) or not isinstance(trace, Sequence | set | frozenset):
+        raise ValueError(f"trace must be a sequence of grid names, got {trace!r}")
+    for name in trace:
+        if name not in configs[0]:
+            raise ValueError(
+                f"trace names {name!r}, which is not a grid name ({sorted(configs[0])})"
+            )
+        if not all(_is_number(c[name]) for c in configs):
+            raise ValueError(f"trace names {name!r}, whose grid values are not all numbers")
+    return frozenset(trace)
+
+
+_CACHE_SIZE = 64
+_cache: dict = {}  # insertion-ordered: the oldest entry is evicted first
+
+
+def _compiled(factory, fixed, traced, static, batched):
+    """The jitted function of one structure group, cached across sweeps (jit then caches one
+    executable per shape: per ``chunk_size`` and problem shapes)."""
+    key = (factory, tuple((n, repr(v)) for n, v in sorted(fixed.items())), traced, static, batched)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable factory: no cache
+        key = None
+    if key is not None and key in _cache:
+        _cache[key] = _cache.pop(key)  # most recently used last
+        return _cache[key]
+    options = dict(static)
+
     @jax.jit
-    def sweep_group(values, seed_keys, problems):
-        def one_config(traced):
-            algorithm, optimizer = factory(**fixed, **traced)
+    def sweep_group(values, keys, problems):
+        def one_run(traced_values, key, problem):
+            algorithm, optimizer = factory(**fixed, **traced_values)
+            params = problem.init_params
+            state = ServerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+            state, history = run_rounds(key, state, problem, algorithm, optimizer, **options)
+            return history, state.params
 
-            def one_seed(key, problem):
-                params = problem.init_params
-                state = ServerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-                state, history = run_rounds(key, state, problem, algorithm, optimizer, **static)
-                return history, state.params
+        return jax.vmap(one_run, in_axes=(0, 0, 0 if batched else None))(values, keys, problems)
 
-            return jax.vmap(one_seed, in_axes=(0, 0 if batched else None))(seed_keys, problems)
+    if key is not None:
+        _cache[key] = sweep_group
+        while len(_cache) > _CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+    return sweep_group
 
-        if not values:  # one configuration in this group
-            return jax.tree.map(lambda a: a[None], one_config({}))
-        if chunk is None:
-            return jax.vmap(one_config)(values)
-        return jax.lax.map(one_config, values, batch_size=chunk)
 
-    return sweep_group(values, seed_keys, problems)
+def _run_group(fn, values, num_configs, seeds, seed_keys, problems, chunk, shared=None):
+    """Runs ``num_configs × seeds`` runs (configuration-major) through ``fn`` in calls of
+    ``chunk`` runs; returns NumPy ``(history, params)`` with leading axes ``(configs, seeds)``.
+    ``problems``: one problem per seed (stacked), or ``None`` and the ``shared`` problem."""
+    runs = num_configs * seeds
+    config_of = np.repeat(np.arange(num_configs), seeds)
+    seed_of = np.tile(np.arange(seeds), num_configs)
+    chunk = runs if chunk is None else chunk
+    outputs = []
+    for start in range(0, runs, chunk):
+        take = np.arange(start, start + chunk).clip(max=runs - 1)  # pad with the last run
+        c, j = jnp.asarray(config_of[take]), jnp.asarray(seed_of[take])
+        probs = shared if problems is None else jax.tree.map(lambda a, j=j: a[j], problems)
+        out = fn({n: v[c] for n, v in values.items()}, seed_keys[j], probs)
+        outputs.append(out)
+    out = jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a])[:runs], *outputs)
+    return jax.tree.map(lambda a: a.reshape(num_configs, seeds, *a.shape[1:]), out)

@@ -299,6 +299,7 @@ def tune_and_evaluate(
     problems: Mapping[str, Sequence[FederatedProblem]] | None = None,
     metrics: Sequence[str] | None = None,
     merge: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tunes a method on the tuning seeds, evaluates the kept configurations on the others.
 
@@ -319,6 +320,9 @@ def tune_and_evaluate(
         compile; for methods whose runs are cheap next to a compile, e.g. exact samples). The
         selection still reads the tuning seeds only; evaluation seed ``j`` then runs with key
         ``fold_in(tuning_run_key, tune_seeds + j)``, still distinct from every tuning run.
+      chunk_size: runs per compiled call (:func:`fedpa.sweep`); tuning and evaluation share
+        one compilation. Default: the evaluation's runs (kept configurations × ``eval_seeds``),
+        times the smallest factor that makes at least 16 (narrower calls waste the vector units).
 
     Returns:
       ``(tuning, curves)``: ``tuning`` has one row per tuning configuration with its mean and
@@ -367,14 +371,21 @@ def tune_and_evaluate(
             last,
             metrics,
         )
+    # One compilation for tuning and evaluation: the evaluation traces what the tuning traced
+    # and both run the same number of runs per call (the evaluation's).
+    configs = fedpa.sweeps.grid_configs(grid)
+    kept_configs = 1 if per is None else len({c[per] for c in configs})
+    if chunk_size is None:  # the evaluation's runs, times what it takes to reach 16 per call
+        chunk_size = kept_configs * eval_seeds * -(-16 // (kept_configs * eval_seeds))
+    chunk = _checks.integer("chunk_size", chunk_size, minimum=1)
+    same = dict(rounds=rounds, clients_per_round=clients_per_round, chunk_size=chunk)
     tuned = fedpa.sweep(
         factory,
         list(problems["tune"])[:tune_seeds],
-        grid,
-        rounds=rounds,
-        clients_per_round=clients_per_round,
+        configs,
         seeds=tune_seeds,
         key=keys["tune"][1],
+        **same,
     )
     finals = final_errors(tuned.history[metric], last)
     chosen = select(tuned.configs, finals, per=per, mode=mode)
@@ -385,10 +396,10 @@ def tune_and_evaluate(
         factory,
         list(problems["eval"])[:eval_seeds],
         kept,
-        rounds=rounds,
-        clients_per_round=clients_per_round,
         seeds=eval_seeds,
         key=keys["eval"][1],
+        trace=tuned.traced,
+        **same,
     )
     curves = evaluated.to_frame(metrics)
     is_best = {i: i == best for i in chosen}
