@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -345,20 +347,40 @@ def _compiled(factory, fixed, traced, static, batched):
     return sweep_group
 
 
+def _host_workers() -> int:
+    """Host threads that run chunks at once: one per core on the CPU backend (XLA:CPU runs these
+    small programs on one core each), one elsewhere (an accelerator runs them in turn)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
 def _run_group(fn, values, num_configs, seeds, seed_keys, problems, chunk, shared=None):
     """Runs ``num_configs × seeds`` runs (configuration-major) through ``fn`` in calls of
     ``chunk`` runs; returns NumPy ``(history, params)`` with leading axes ``(configs, seeds)``.
-    ``problems``: one problem per seed (stacked), or ``None`` and the ``shared`` problem."""
+    ``problems``: one problem per seed (stacked), or ``None`` and the ``shared`` problem.
+    Calls are independent, so on the CPU they run on one host thread per core (same results)."""
     runs = num_configs * seeds
     config_of = np.repeat(np.arange(num_configs), seeds)
     seed_of = np.tile(np.arange(seeds), num_configs)
     chunk = runs if chunk is None else chunk
-    outputs = []
-    for start in range(0, runs, chunk):
+
+    def call(start):
         take = np.arange(start, start + chunk).clip(max=runs - 1)  # pad with the last run
         c, j = jnp.asarray(config_of[take]), jnp.asarray(seed_of[take])
-        probs = shared if problems is None else jax.tree.map(lambda a, j=j: a[j], problems)
+        probs = shared if problems is None else jax.tree.map(lambda a: a[j], problems)
         out = fn({n: v[c] for n, v in values.items()}, seed_keys[j], probs)
-        outputs.append(out)
-    out = jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a])[:runs], *outputs)
+        return jax.tree.map(np.asarray, out)
+
+    starts = range(0, runs, chunk)
+    workers = min(len(starts), _host_workers())
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            outputs = list(pool.map(call, starts))
+    else:
+        outputs = [call(start) for start in starts]
+    out = jax.tree.map(lambda *a: np.concatenate(a)[:runs], *outputs)
     return jax.tree.map(lambda a: a.reshape(num_configs, seeds, *a.shape[1:]), out)
