@@ -57,6 +57,9 @@ def test_small_dots_rewritten_large_kept_and_values_equal(x64):
     # Under vmap the size is per example; 8 x 6 x 4 = 192 multiply-adds: kept above the limit.
     kept = _dots.small_dots_as_reductions(loss, max_size=191)
     assert "dot_general" in _primitives(kept, params, batch)
+    # With nothing to rewrite the function is called as written: the very same program.
+    none = _dots.small_dots_as_reductions(loss, max_size=31)  # 8 x 4 = 32 is the smallest dot
+    assert str(jax.make_jaxpr(none)(params, batch)) == str(jax.make_jaxpr(loss)(params, batch))
     vmapped = jax.vmap(small, in_axes=(None, 0))
     stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), batch)
     np.testing.assert_allclose(
