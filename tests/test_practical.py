@@ -195,3 +195,6 @@ def test_edge_choices_flags_best_values_on_the_grid_edge():
     assert "a=1" in practical.edge_choices(tuning, grid)
     # a list of configurations works too: the axes are the values the list takes
     assert practical.edge_choices(tuning, configs) == practical.edge_choices(tuning, grid)
+    # a natural bound (here a = 1) is not reported: the grid cannot reach past it
+    assert "a=1" not in practical.edge_choices(tuning, grid, bounds={"a": 1.0})
+    assert "a=1" in practical.edge_choices(tuning, grid, bounds={"a": 0.0})

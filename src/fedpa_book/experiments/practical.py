@@ -407,13 +407,16 @@ def tune_and_evaluate(
     return tuning, curves
 
 
-def edge_choices(tuning: pd.DataFrame, grid) -> list[str]:
+def edge_choices(tuning: pd.DataFrame, grid, bounds: Mapping[str, Any] | None = None) -> list[str]:
     """The grid axes (of more than one value) whose best value is the grid's smallest or largest.
 
     A best choice on the edge of its grid says the grid may not reach far enough on that axis.
     ``grid`` is a product grid or a list of configurations (as :func:`fedpa.sweep`). ``tuning`` is
-    the tuning table of :func:`tune_and_evaluate` (one row ``best``).
+    the tuning table of :func:`tune_and_evaluate` (one row ``best``). ``bounds``: ``{axis:
+    value}`` natural bounds (e.g. no server momentum, ``0.0``): a best value there is not reported,
+    the grid cannot reach past it.
     """
+    bounds = dict(bounds or {})
     best = tuning[tuning["best"]].iloc[0]
     axes: dict[str, set] = {}
     for config in fedpa.sweeps.grid_configs(grid):  # a product grid or a list of configurations
@@ -422,7 +425,8 @@ def edge_choices(tuning: pd.DataFrame, grid) -> list[str]:
     edges = []
     for name, values in axes.items():
         values = sorted(values)
-        if len(values) > 1 and best[name] in (values[0], values[-1]):
+        at_bound = name in bounds and best[name] == bounds[name]
+        if len(values) > 1 and best[name] in (values[0], values[-1]) and not at_bound:
             edges.append(f"{name}={best[name]:g}")
     return edges
 
