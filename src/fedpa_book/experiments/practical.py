@@ -13,7 +13,8 @@ Drivers that return tidy pandas tables (the chapter ``book/practical_fedpa.md`` 
   spends exactly ``budget`` local gradient evaluations per round; :func:`grad_evals` reads what an
   update reports in its ``info`` (the rounds' ``local_grad_evals`` history is the same count).
 * **Diagnostics.** :func:`autocorrelation` and :func:`effective_sample_size` of the samples one
-  client draws (pooled over chains, Geyer's initial positive sequence), :func:`mixing_steps`
+  client draws (pooled over chains, Geyer's initial positive sequence; from
+  :mod:`~fedpa_book.experiments.sampler_diagnostics`), :func:`mixing_steps`
   (``1/(η λ_min(A_i))``), and :func:`sampler_diagnostics`, which draws a sampler's samples on
   every client of a problem at a server model and reports lag-1 autocorrelation, ESS and the fit
   of the sample covariance to the exact posterior (scale and shape,
@@ -41,6 +42,7 @@ from fedpa.problems import FederatedProblem
 
 from . import _checks
 from .local_posterior import covariance_fit
+from .sampler_diagnostics import autocorrelation, effective_sample_size
 
 __all__ = [
     "split_keys",
@@ -129,60 +131,6 @@ def grad_evals(update: fedpa.ClientUpdate, problem: FederatedProblem, round: int
 
 
 # ------------------------------------------------------------------ sampler diagnostics
-
-
-def autocorrelation(chains, max_lag: int | None = None) -> np.ndarray:
-    r"""Autocorrelation ``ρ_k`` of stationary chains, pooled over chains and coordinates.
-
-    With each chain centred by its own mean,
-    ``ρ_k = Σ_c Σ_t ⟨x_{c,t} − m_c, x_{c,t+k} − m_c⟩ / Σ_c Σ_t ‖x_{c,t} − m_c‖²``
-    (the usual biased estimator, divided by the chain length ``n`` at every lag).
-
-    Args:
-      chains: ``(num_chains, n, d)`` (or ``(n, d)``, or ``(n,)``), ``n >= 2``.
-      max_lag: largest lag (default ``n - 1``).
-
-    Returns:
-      ``(max_lag + 1,)`` float64, ``ρ_0 = 1``.
-    """
-    x = np.asarray(chains, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[None, :, None]
-    elif x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[1] < 2:
-        raise ValueError(f"chains must have shape (num_chains, n >= 2, d), got {np.shape(chains)}")
-    n = x.shape[1]
-    max_lag = n - 1 if max_lag is None else _checks.integer("max_lag", max_lag, minimum=0)
-    if max_lag > n - 1:
-        raise ValueError(f"max_lag must be <= n - 1 = {n - 1}, got {max_lag}")
-    x = x - x.mean(axis=1, keepdims=True)
-    var = np.sum(x * x)
-    if var == 0:
-        return np.r_[1.0, np.zeros(max_lag)]
-    return np.array([np.sum(x[:, : n - k] * x[:, k:]) / var for k in range(max_lag + 1)])
-
-
-def effective_sample_size(chains) -> float:
-    r"""Effective sample size per chain, ``n / τ``, ``τ = 1 + 2 Σ_k ρ_k``.
-
-    The sum is truncated by Geyer's initial positive sequence: pairs ``ρ_{2m} + ρ_{2m+1}`` are
-    added while positive (so ``τ = -1 + 2 Σ_m Γ_m``). For an AR(1) chain with coefficient ``φ``
-    and ``n → ∞``, ``n / τ → n (1 - φ) / (1 + φ)``.
-
-    Args:
-      chains: as :func:`autocorrelation`.
-    """
-    rho = autocorrelation(chains)
-    n = rho.shape[0]
-    tau = -1.0
-    for m in range(0, n - 1, 2):
-        gamma = rho[m] + rho[m + 1]
-        if gamma <= 0:
-            break
-        tau += 2.0 * gamma
-    tau = max(tau, 1.0 / n)
-    return float(n / tau)
 
 
 def mixing_steps(problem: FederatedProblem, learning_rate: float) -> np.ndarray:

@@ -1,7 +1,10 @@
 r"""Diagnostics of a local sampler's samples, as a client draws them in one round.
 
 * :func:`lag1_autocorrelation` — how strongly successive samples of a chain are correlated.
-* :func:`effective_sample_size` — the AR(1) estimate ``ℓ (1 - r) / (1 + r)``.
+* :func:`autocorrelation` — the autocorrelation function of chains, pooled over chains and
+  coordinates.
+* :func:`effective_sample_size` — ``n / τ`` with Geyer's initial positive sequence (for an
+  AR(1) chain, ``n (1 - φ) / (1 + φ)`` as ``n`` grows).
 * :func:`sample_set_diagnostics` — ``repeats`` independent sample sets from the server model
   (what a client computes each round), each with its covariance fit against the exact posterior
   (:func:`~fedpa_book.experiments.local_posterior.covariance_fit`), autocorrelation and
@@ -21,7 +24,12 @@ import pandas as pd
 from . import _checks
 from .local_posterior import covariance_fit
 
-__all__ = ["lag1_autocorrelation", "effective_sample_size", "sample_set_diagnostics"]
+__all__ = [
+    "lag1_autocorrelation",
+    "autocorrelation",
+    "effective_sample_size",
+    "sample_set_diagnostics",
+]
 
 
 def lag1_autocorrelation(samples, mean=None) -> float:
@@ -46,15 +54,58 @@ def lag1_autocorrelation(samples, mean=None) -> float:
     return float(np.mean(num / np.where(den > 0, den, 1.0)))
 
 
-def effective_sample_size(samples, mean=None) -> float:
-    """``ℓ (1 - r) / (1 + r)`` with ``r`` the lag-1 autocorrelation clipped to ``[0, 1)``.
+def autocorrelation(chains, max_lag: int | None = None) -> np.ndarray:
+    r"""Autocorrelation ``ρ_k`` of stationary chains, pooled over chains and coordinates.
 
-    The effective size of an AR(1) chain: ``ℓ`` for independent samples, near zero for a chain
-    that barely moves. Args as :func:`lag1_autocorrelation`.
+    With each chain centred by its own mean,
+    ``ρ_k = Σ_c Σ_t ⟨x_{c,t} − m_c, x_{c,t+k} − m_c⟩ / Σ_c Σ_t ‖x_{c,t} − m_c‖²``
+    (the usual biased estimator, divided by the chain length ``n`` at every lag).
+
+    Args:
+      chains: ``(num_chains, n, d)`` (or ``(n, d)``, or ``(n,)``), ``n >= 2``.
+      max_lag: largest lag (default ``n - 1``).
+
+    Returns:
+      ``(max_lag + 1,)`` float64, ``ρ_0 = 1``.
     """
-    num = np.shape(samples)[0]
-    r = min(max(lag1_autocorrelation(samples, mean), 0.0), 1.0 - 1e-12)
-    return float(num * (1.0 - r) / (1.0 + r))
+    x = np.asarray(chains, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :, None]
+    elif x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"chains must have shape (num_chains, n >= 2, d), got {np.shape(chains)}")
+    n = x.shape[1]
+    max_lag = n - 1 if max_lag is None else _checks.integer("max_lag", max_lag, minimum=0)
+    if max_lag > n - 1:
+        raise ValueError(f"max_lag must be <= n - 1 = {n - 1}, got {max_lag}")
+    x = x - x.mean(axis=1, keepdims=True)
+    var = np.sum(x * x)
+    if var == 0:
+        return np.r_[1.0, np.zeros(max_lag)]
+    return np.array([np.sum(x[:, : n - k] * x[:, k:]) / var for k in range(max_lag + 1)])
+
+
+def effective_sample_size(chains) -> float:
+    r"""Effective sample size per chain, ``n / τ``, ``τ = 1 + 2 Σ_k ρ_k``.
+
+    The sum is truncated by Geyer's initial positive sequence: pairs ``ρ_{2m} + ρ_{2m+1}`` are
+    added while positive (so ``τ = -1 + 2 Σ_m Γ_m``). For an AR(1) chain with coefficient ``φ``
+    and ``n → ∞``, ``n / τ → n (1 - φ) / (1 + φ)``.
+
+    Args:
+      chains: as :func:`autocorrelation`.
+    """
+    rho = autocorrelation(chains)
+    n = rho.shape[0]
+    tau = -1.0
+    for m in range(0, n - 1, 2):
+        gamma = rho[m] + rho[m + 1]
+        if gamma <= 0:
+            break
+        tau += 2.0 * gamma
+    tau = max(tau, 1.0 / n)
+    return float(n / tau)
 
 
 def sample_set_diagnostics(key, sampler, loss_fn, params, client, repeats: int) -> pd.DataFrame:
