@@ -276,14 +276,7 @@ def sweep(
         traced_names.update(traced)
         fn = _compiled(factory, fixed, tuple(traced), static, batched)
         hist, params = _run_group(
-            fn,
-            values,
-            len(indices),
-            seeds,
-            seed_keys,
-            problems if batched else None,
-            chunk_size,
-            shared=None if batched else problems,
+            fn, values, len(indices), seeds, seed_keys, problems, batched, chunk_size
         )
         for pos, i in enumerate(indices):
             histories[i] = jax.tree.map(lambda a, pos=pos: a[pos], hist)
@@ -358,10 +351,10 @@ def _host_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _run_group(fn, values, num_configs, seeds, seed_keys, problems, chunk, shared=None):
+def _run_group(fn, values, num_configs, seeds, seed_keys, problems, batched, chunk):
     """Runs ``num_configs × seeds`` runs (configuration-major) through ``fn`` in calls of
     ``chunk`` runs; returns NumPy ``(history, params)`` with leading axes ``(configs, seeds)``.
-    ``problems``: one problem per seed (stacked), or ``None`` and the ``shared`` problem.
+    ``problems``: one problem per seed stacked (``batched``), or one shared problem.
     Calls are independent, so on the CPU they run on one host thread per core (same results)."""
     runs = num_configs * seeds
     config_of = np.repeat(np.arange(num_configs), seeds)
@@ -371,7 +364,7 @@ def _run_group(fn, values, num_configs, seeds, seed_keys, problems, chunk, share
     def call(start):
         take = np.arange(start, start + chunk).clip(max=runs - 1)  # pad with the last run
         c, j = jnp.asarray(config_of[take]), jnp.asarray(seed_of[take])
-        probs = shared if problems is None else jax.tree.map(lambda a: a[j], problems)
+        probs = jax.tree.map(lambda a: a[j], problems) if batched else problems
         out = fn({n: v[c] for n, v in values.items()}, seed_keys[j], probs)
         return jax.tree.map(np.asarray, out)
 
