@@ -185,3 +185,40 @@ def test_bad_factory(small):
         fedpa.sweep(
             lambda lr: fedpa.fedavg(local_lr=lr), small, {"lr": [0.1]}, 2, 2, key=jax.random.key(0)
         )
+
+
+def test_programs_with_a_custom_call_are_detected():
+    from fedpa.sweeps import _has_custom_call
+
+    lower = np.tril(np.ones((4, 4), np.float32)) + 3 * np.eye(4, dtype=np.float32)
+    solve = jax.jit(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True))
+    assert _has_custom_call(solve, (lower, np.ones(4, np.float32)))  # LAPACK on the CPU
+    assert not _has_custom_call(jax.jit(lambda a, b: a @ b), (lower, np.ones(4, np.float32)))
+
+
+_EXACT_SWEEP = """
+import jax, optax, fedpa
+from fedpa import samplers
+p = fedpa.problems.least_squares(jax.random.key(0), num_clients=4, samples_per_client=120,
+                                 dim=100, heterogeneity=1.0)
+def exact(rho, server_lr):
+    return fedpa.fedpa(samplers.exact_gaussian(4), rho), optax.sgd(server_lr)
+for _ in range(3):
+    fedpa.sweep(exact, p, {"rho": [0.1, 1.0], "server_lr": [0.1, 0.3]}, rounds=3,
+                clients_per_round=4, seeds=2, key=jax.random.key(1), chunk_size=2)
+print("finished")
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="host threads run chunks on the CPU")
+def test_chunked_sweep_with_lapack_finishes():
+    # exact samples at d = 100 (a LAPACK triangular solve) in chunks: with two executions at
+    # once on host threads this deadlocked on XLA:CPU (jaxlib 0.10.2); such programs now run
+    # their chunks one after another. A subprocess with a timeout, so a regression fails.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _EXACT_SWEEP], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "finished" in out.stdout, out.stderr[-2000:]

@@ -351,6 +351,14 @@ def _host_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _has_custom_call(fn, args) -> bool:
+    """Whether the compiled program calls a custom kernel (e.g. LAPACK's triangular solve, which
+    exact Gaussian samples use). Two such programs executing at once on host threads deadlocked
+    on XLA:CPU (jaxlib 0.10.2: exact samples at d = 100, never at d = 10), so their chunks run
+    one after another. Compiling here fills the cache that the calls then use."""
+    return "custom_call_target=" in fn.lower(*args).compile().as_text()
+
+
 def _run_group(fn, values, num_configs, seeds, seed_keys, problems, batched, chunk):
     """Runs ``num_configs × seeds`` runs (configuration-major) through ``fn`` in calls of
     ``chunk`` runs; returns NumPy ``(history, params)`` with leading axes ``(configs, seeds)``.
@@ -361,15 +369,19 @@ def _run_group(fn, values, num_configs, seeds, seed_keys, problems, batched, chu
     seed_of = np.tile(np.arange(seeds), num_configs)
     chunk = runs if chunk is None else chunk
 
-    def call(start):
+    def arguments(start):
         take = np.arange(start, start + chunk).clip(max=runs - 1)  # pad with the last run
         c, j = jnp.asarray(config_of[take]), jnp.asarray(seed_of[take])
         probs = jax.tree.map(lambda a: a[j], problems) if batched else problems
-        out = fn({n: v[c] for n, v in values.items()}, seed_keys[j], probs)
-        return jax.tree.map(np.asarray, out)
+        return {n: v[c] for n, v in values.items()}, seed_keys[j], probs
+
+    def call(start):
+        return jax.tree.map(np.asarray, fn(*arguments(start)))
 
     starts = range(0, runs, chunk)
     workers = min(len(starts), _host_workers())
+    if workers > 1 and _has_custom_call(fn, arguments(0)):
+        workers = 1
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             outputs = list(pool.map(call, starts))
