@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 import fedpa
 from fedpa.problems import FederatedProblem
@@ -43,6 +42,7 @@ from fedpa.problems import FederatedProblem
 from . import _checks
 from .local_posterior import covariance_fit
 from .sampler_diagnostics import autocorrelation, effective_sample_size
+from .tuning import final_errors, paired_ratio
 
 __all__ = [
     "split_keys",
@@ -187,15 +187,6 @@ def sampler_diagnostics(sampler, problem: FederatedProblem, params, key) -> dict
 
 
 # ------------------------------------------------------------------ tuning and evaluation
-
-
-def final_errors(history: np.ndarray, last: int = 5) -> np.ndarray:
-    """``(configs, seeds)`` mean of the last ``last`` rounds of a ``(configs, seeds, rounds)``
-    history; non-finite runs give ``inf``."""
-    h = np.asarray(history, dtype=np.float64)
-    last = _checks.integer("last", last, minimum=1)
-    out = h[..., -last:].mean(axis=-1)
-    return np.where(np.isfinite(out), out, np.inf)
 
 
 def select(
@@ -419,26 +410,16 @@ def paired_ratios(
                 f"no rows of reference method {reference!r} in {dict(zip(by, keys_, strict=True))}"
             )
         for name, g in group.groupby(method, sort=False):
-            r = g.set_index("seed")[value] / ref.reindex(g["seed"]).to_numpy()
-            logs = np.log(r.to_numpy(np.float64))
-            n = len(logs)
-            mean = float(np.mean(logs))
-            if n > 1 and np.all(np.isfinite(logs)):
-                half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(logs, ddof=1))
-                half /= np.sqrt(n)
-            else:
-                half = np.nan
+            s = paired_ratio(
+                g[value].to_numpy(), ref.reindex(g["seed"]).to_numpy(), confidence=confidence
+            )
             rows.append(
                 {
                     **dict(zip(by, keys_, strict=True)),
                     method: name,
-                    "ratio": float(np.exp(mean)),
-                    "low": float(np.exp(mean - half)),
-                    "high": float(np.exp(mean + half)),
-                    "min": float(np.min(r)),
-                    "max": float(np.max(r)),
-                    "wins": int(np.sum(r.to_numpy() < 1)),
-                    "seeds": n,
+                    **{k: s[k] for k in ("ratio", "low", "high", "min", "max")},
+                    "wins": s["below_one"],
+                    "seeds": s["seeds"],
                 }
             )
     return pd.DataFrame(rows)

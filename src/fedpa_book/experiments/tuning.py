@@ -27,7 +27,7 @@ from fedpa.problems import FederatedProblem
 
 from . import _checks
 
-__all__ = ["Tuned", "tune", "paired_ratio"]
+__all__ = ["Tuned", "tune", "paired_ratio", "final_errors"]
 
 
 class Tuned(NamedTuple):
@@ -53,8 +53,12 @@ class Tuned(NamedTuple):
     curves: pd.DataFrame
 
 
-def _final(history: np.ndarray, last: int) -> np.ndarray:
-    out = np.asarray(history, np.float64)[..., -last:].mean(axis=-1)
+def final_errors(history: np.ndarray, last: int = 5) -> np.ndarray:
+    """``(configs, seeds)`` mean of the last ``last`` rounds of a ``(configs, seeds, rounds)``
+    history; non-finite runs give ``inf``."""
+    h = np.asarray(history, dtype=np.float64)
+    last = _checks.integer("last", last, minimum=1)
+    out = h[..., -last:].mean(axis=-1)
     return np.where(np.isfinite(out), out, np.inf)
 
 
@@ -115,7 +119,7 @@ def tune(
         seeds=seeds,
         key=k_runs,
     )
-    finals = _final(res.history["dist_to_optimum"], last)  # (configs, seeds)
+    finals = final_errors(res.history["dist_to_optimum"], last)  # (configs, seeds)
     with np.errstate(divide="ignore"):
         score = np.exp(np.mean(np.log(np.maximum(finals[:, :tuning_seeds], 1e-300)), axis=1))
     score = np.where(np.isnan(score), np.inf, score)
