@@ -279,27 +279,20 @@ def tune_and_evaluate(
             split: problems_for(make_problem, keys[split][0], n) if n else []
             for split, n in (("tune", tune_seeds), ("eval", eval_seeds))
         }
+    configs = fedpa.sweeps.grid_configs(grid)
+    tune_problems = list(problems["tune"])[:tune_seeds]
+    eval_problems = list(problems["eval"])[:eval_seeds]
+    same = dict(rounds=rounds, clients_per_round=clients_per_round)
     if tune_seeds == 0:  # nothing to tune: evaluate the grid's configurations as given
-        configs = fedpa.sweeps.grid_configs(grid)
         if len(configs) != 1:
             raise ValueError(f"tune_seeds=0 needs a grid of one configuration, got {len(configs)}")
         tuning = pd.DataFrame(configs).assign(
             final_mean=np.nan, final_std=np.nan, chosen=True, best=True
         )
         evaluated = fedpa.sweep(
-            factory,
-            list(problems["eval"])[:eval_seeds],
-            configs,
-            rounds=rounds,
-            clients_per_round=clients_per_round,
-            seeds=eval_seeds,
-            key=keys["eval"][1],
+            factory, eval_problems, configs, seeds=eval_seeds, key=keys["eval"][1], **same
         )
         return tuning, evaluated.to_frame(metrics).assign(best=True)
-    configs = fedpa.sweeps.grid_configs(grid)
-    tune_problems = list(problems["tune"])[:tune_seeds]
-    eval_problems = list(problems["eval"])[:eval_seeds]
-    same = dict(rounds=rounds, clients_per_round=clients_per_round)
     if merge:  # one sweep over the tuning, then the evaluation problems
         res = fedpa.sweep(
             factory,
